@@ -1,0 +1,219 @@
+"""The Backend contract that every framework implements. Framework-free: NumPy in, NumPy out.
+
+A backend never reads files, flags or CSVs. It is built from a ``ModelSpec`` and a ``TrainSpec``, gets NumPy arrays,
+and returns NumPy arrays and Python numbers. Every method takes keyword arguments only.
+
+Parameters travel in ONE canonical layout (``ModelSpec.param_shapes``): ``dense_i/kernel`` is (in, out) and
+``dense_i/bias`` is (out,), float32. Frameworks that store (out, in) transpose at the edge.
+
+``masks`` injects the noise so that every framework can be checked against the NumPy oracle: a list with one array per
+hidden layer, holding the random draw that ``experiments.spec.NOISE_KINDS`` names for the model's noise kind
+(``noise_shapes`` gives the shapes). When ``masks`` is given, ``concise`` and ``scratch`` must both apply exactly these
+draws; when it is None, the backend draws its own (the framework's layer for ``concise`` dropout, the section's
+``dropout_layer`` for ``scratch``). Every call that draws its own noise advances the backend's noise RNG, so two
+consecutive calls (or training steps) draw different noise, and a backend built twice with the same seed draws the
+same noise. p = 0 is an exact identity (D2L's ``u > p`` would drop an element with probability 2**-24); p = 1 gives
+zeros, never NaN.
+"""
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+
+from experiments.spec import ModelSpec, TrainSpec
+
+Params = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    modes: tuple[str, ...] = ("eager",)
+    devices: tuple[str, ...] = ("cpu",)
+    noise_kinds: tuple[str, ...] = ("dropout", "dropconnect", "gaussian", "additive")
+    supports_masks: bool = True
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """Training metrics of one epoch, computed in training mode (noise on), averaged over examples."""
+
+    loss: float
+    acc: float
+
+
+@dataclass(frozen=True)
+class EvalMetrics:
+    """Exact loss and accuracy over a whole split, in evaluation mode (noise off)."""
+
+    loss: float
+    acc: float
+
+
+@dataclass(frozen=True)
+class EpochBatches:
+    """One epoch of the shared batch stream: the same batches in the same order for every backend.
+
+    ``x`` and ``y`` are the whole training split and are the same objects every epoch, so that a backend may keep a
+    device copy (keyed by ``id(x)``) and gather batches there from ``order``. Iterating yields NumPy batches
+    ``(x[idx], y[idx])``; the last, partial batch is kept.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    order: np.ndarray
+    batch_size: int
+
+    def __len__(self) -> int:
+        return -(-len(self.order) // self.batch_size)
+
+    def indices(self) -> Iterator[np.ndarray]:
+        for start in range(0, len(self.order), self.batch_size):
+            yield self.order[start:start + self.batch_size]
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for idx in self.indices():
+            yield self.x[idx], self.y[idx]
+
+
+def noise_shapes(model: ModelSpec, batch_size: int) -> list[tuple[int, ...]]:
+    """Shape of the injected draw for each hidden layer: activations (B, h_i), or for dropconnect the kernel that
+    reads hidden layer i, (h_i, fan_out)."""
+    sizes = model.layer_sizes
+    if model.noise == "dropconnect":
+        return [(sizes[i + 1], sizes[i + 2]) for i in range(len(model.hiddens))]
+    return [(batch_size, width) for width in model.hiddens]
+
+
+def draw_masks(model: ModelSpec, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """NumPy draws in the form ``masks`` takes: keep masks (0/1) for dropout kinds, N(0, 1) for Gaussian kinds."""
+    masks = []
+    for shape, p in zip(noise_shapes(model, batch_size), model.dropouts):
+        if model.noise in ("dropout", "dropconnect"):
+            keep = rng.random(shape, dtype=np.float32) > p if p > 0 else np.ones(shape, dtype=bool)
+            masks.append(keep.astype(np.float32))
+        else:
+            masks.append(rng.standard_normal(shape, dtype=np.float32))
+    return masks
+
+
+def shared_init(model: ModelSpec, seed: int) -> Params:
+    """The ``shared`` initialisation, drawn once in NumPy and handed to every backend.
+
+    It is PyTorch's ``nn.Linear`` default (the D2L PyTorch tab): kernel and bias ~ U(+-1/sqrt(fan_in)).
+    """
+    rng = np.random.default_rng([seed, 0x1D17])
+    params: Params = {}
+    for name, shape in model.param_shapes().items():
+        fan_in = shape[0] if name.endswith("kernel") else model.param_shapes()[name[:-4] + "kernel"][0]
+        bound = 1.0 / np.sqrt(fan_in)
+        params[name] = rng.uniform(-bound, bound, size=shape).astype(np.float32)
+    return params
+
+
+def noise_seed(seed: int) -> int:
+    """The seed a backend gives its own noise RNG: derived from the job's seed, apart from the init stream."""
+    return int(np.random.default_rng([seed, 0xD20]).integers(0, 2**31 - 1))
+
+
+class Backend(abc.ABC):
+    """One framework's implementation of the D2L dropout MLP and its trainer. Subclasses are named ``Backend``."""
+
+    name: str = ""
+    framework: str = ""  # the importable module whose version is reported
+    capabilities = Capabilities()
+
+    def __init__(self, *, model: ModelSpec, train: TrainSpec, threads: int | None = None) -> None:
+        if train.mode not in self.capabilities.modes:
+            raise ValueError(f"backend {self.name} has no mode {train.mode!r}; it offers "
+                             f"{', '.join(self.capabilities.modes)}")
+        if train.device not in self.capabilities.devices:
+            raise ValueError(f"backend {self.name} cannot run on {train.device}; it offers "
+                             f"{', '.join(self.capabilities.devices)}")
+        if model.noise not in self.capabilities.noise_kinds:
+            raise ValueError(f"backend {self.name} does not implement noise {model.noise!r}")
+        self.model = model
+        self.train = train
+        self.threads = threads
+
+    @classmethod
+    def version(cls) -> str:
+        """The framework's version string; importing the framework here is allowed (the backend is in use)."""
+        import importlib
+
+        return str(getattr(importlib.import_module(cls.framework), "__version__", "unknown"))
+
+    @abc.abstractmethod
+    def build(self, *, seed: int, params: Mapping[str, np.ndarray] | None = None) -> None:
+        """Create the network. With ``params`` (the ``shared`` init) load them; else use the framework's own
+        default initialiser seeded by ``seed``. Seeds the backend's noise RNG with ``noise_seed(seed)``."""
+
+    @abc.abstractmethod
+    def get_params(self) -> Params:
+        """Canonical layout, float32 NumPy copies."""
+
+    @abc.abstractmethod
+    def set_params(self, *, params: Mapping[str, np.ndarray]) -> None:
+        """Load canonical-layout parameters; shapes are checked."""
+
+    @abc.abstractmethod
+    def forward(self, *, x: np.ndarray, train: bool, masks: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        """Logits (B, num_outputs). ``train=True`` applies noise (drawn or injected) without updating anything."""
+
+    @abc.abstractmethod
+    def loss_and_grads(self, *, x: np.ndarray, y: np.ndarray,
+                       masks: Sequence[np.ndarray] | None = None) -> tuple[float, Params]:
+        """Mean cross-entropy of one batch in training mode, and its gradient (data loss only, canonical layout)."""
+
+    @abc.abstractmethod
+    def train_step(self, *, x: np.ndarray, y: np.ndarray, masks: Sequence[np.ndarray] | None = None) -> float:
+        """One SGD step (with weight decay on kernels); returns the batch's mean loss before the update."""
+
+    @abc.abstractmethod
+    def train_epoch(self, *, batches: EpochBatches) -> EpochMetrics:
+        """Train on every batch in order. Must return only after the device has finished (host read or sync)."""
+
+    @abc.abstractmethod
+    def evaluate(self, *, x: np.ndarray, y: np.ndarray) -> EvalMetrics:
+        """Exact mean loss and accuracy over all of ``x`` with noise off."""
+
+    @abc.abstractmethod
+    def activations(self, *, x: np.ndarray, train: bool,
+                    masks: Sequence[np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Hidden activations for exercise 3: ``hidden_i/pre_noise`` (after ReLU) and ``hidden_i/post_noise``
+        (what the next layer reads; for dropconnect, where the noise is on weights, the same as pre_noise)."""
+
+    def synchronize(self) -> None:
+        """Wait until queued device work is done; every timer is preceded by this. Host-only backends do nothing."""
+
+
+def check_params(model: ModelSpec, params: Mapping[str, np.ndarray]) -> None:
+    """Raise ValueError unless ``params`` has exactly the canonical names and shapes."""
+    expected = model.param_shapes()
+    if set(params) != set(expected):
+        raise ValueError(f"parameter names differ from the canonical layout: missing "
+                         f"{sorted(set(expected) - set(params))}, unexpected {sorted(set(params) - set(expected))}")
+    for name, shape in expected.items():
+        if tuple(np.shape(params[name])) != shape:
+            raise ValueError(f"{name} has shape {tuple(np.shape(params[name]))}, expected {shape}")
+
+
+class Stopwatch:
+    """Wall-clock timer that synchronises the backend before reading the clock."""
+
+    def __init__(self, backend: Backend | None = None) -> None:
+        self.backend = backend
+
+    def __enter__(self) -> "Stopwatch":
+        if self.backend is not None:
+            self.backend.synchronize()
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.backend is not None:
+            self.backend.synchronize()
+        self.seconds = time.perf_counter() - self.start

@@ -1,0 +1,169 @@
+"""NumPy reference backend with hand-written backpropagation: the oracle every framework is checked against.
+
+``Backend`` trains in float32 like the frameworks; ``Oracle`` is the same code in float64, used by the parity tests.
+``concise`` and ``scratch`` are the same here: the section's ``dropout_layer`` is the only dropout NumPy has.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from backends import base
+from backends.base import EpochBatches, EpochMetrics, EvalMetrics, Params
+
+
+def _noise_scale(p: float) -> float:
+    """Inverted-dropout scale 1/(1-p); p = 1 keeps nothing, so the scale is 0 (D2L's zeros branch)."""
+    return 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
+
+
+class Backend(base.Backend):
+    name = "numpy"
+    framework = "numpy"
+    capabilities = base.Capabilities(modes=("eager",), devices=("cpu",))
+    dtype = np.float32
+
+    def build(self, *, seed: int, params: Mapping[str, np.ndarray] | None = None) -> None:
+        self.params = {k: v.astype(self.dtype) for k, v in (params or base.shared_init(self.model, seed)).items()}
+        base.check_params(self.model, self.params)
+        self.rng = np.random.default_rng(base.noise_seed(seed))
+        self.num_layers = len(self.model.layer_sizes) - 1
+
+    def get_params(self) -> Params:
+        return {k: v.astype(np.float32, copy=True) for k, v in self.params.items()}
+
+    def set_params(self, *, params: Mapping[str, np.ndarray]) -> None:
+        base.check_params(self.model, params)
+        self.params = {k: np.array(v, dtype=self.dtype) for k, v in params.items()}
+
+    # --- noise -------------------------------------------------------------------------------------------------
+    def _draw(self, batch_size: int) -> list[np.ndarray]:
+        return base.draw_masks(self.model, batch_size, self.rng)
+
+    def _noise_terms(self, masks: Sequence[np.ndarray]) -> list[tuple[np.ndarray | float, np.ndarray | float]]:
+        """Per hidden layer, (multiplier, offset) so that noisy = h * multiplier + offset; for dropconnect the
+        multiplier is the one applied to the kernel that reads the layer."""
+        terms = []
+        for mask, p in zip(masks, self.model.dropouts):
+            mask = np.asarray(mask, dtype=self.dtype)
+            if self.model.noise in ("dropout", "dropconnect"):
+                terms.append((mask * self.dtype(_noise_scale(p)), 0.0))
+            elif self.model.noise == "gaussian":
+                terms.append((1.0 + self.dtype(np.sqrt(p / (1.0 - p))) * mask, 0.0))
+            else:  # additive
+                terms.append((1.0, self.dtype(p) * mask))
+        return terms
+
+    # --- forward / backward ------------------------------------------------------------------------------------
+    def _forward(self, x: np.ndarray, terms) -> tuple[np.ndarray, list]:
+        """Logits and what backward needs. ``terms`` is None for noise off."""
+        dropconnect = self.model.noise == "dropconnect"
+        h = np.asarray(x, dtype=self.dtype).reshape(len(x), -1)
+        tape = []
+        for i in range(self.num_layers):
+            kernel = self.params[f"dense_{i}/kernel"]
+            weight_mult = terms[i - 1][0] if (terms is not None and dropconnect and i > 0) else None
+            effective = kernel * weight_mult if weight_mult is not None else kernel
+            z = h @ effective + self.params[f"dense_{i}/bias"]
+            tape.append((h, effective, weight_mult))
+            if i == self.num_layers - 1:
+                return z, tape
+            relu = np.maximum(z, 0)
+            h = relu
+            if terms is not None and not dropconnect:
+                mult, offset = terms[i]
+                h = relu * mult + offset
+            tape[-1] += (relu, terms[i][0] if (terms is not None and not dropconnect) else None)
+        raise AssertionError("unreachable")
+
+    def _loss_grads(self, x, y, terms) -> tuple[float, int, Params]:
+        logits, tape = self._forward(x, terms)
+        y = np.asarray(y)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        rows = np.arange(len(y))
+        loss = float(-log_probs[rows, y].mean())
+        correct = int((logits.argmax(axis=1) == y).sum())
+        grad = np.exp(log_probs)
+        grad[rows, y] -= 1.0
+        grad /= len(y)
+        grads: Params = {}
+        for i in reversed(range(self.num_layers)):
+            h_in, effective, weight_mult = tape[i][:3]
+            grad_kernel = h_in.T @ grad
+            grads[f"dense_{i}/kernel"] = grad_kernel * weight_mult if weight_mult is not None else grad_kernel
+            grads[f"dense_{i}/bias"] = grad.sum(axis=0)
+            if i == 0:
+                break
+            grad = grad @ effective.T
+            relu_prev, mult_prev = tape[i - 1][3], tape[i - 1][4]
+            if mult_prev is not None and not np.isscalar(mult_prev):
+                grad = grad * mult_prev
+            grad = grad * (relu_prev > 0)
+        return loss, correct, grads
+
+    def _terms_for(self, batch_size: int, masks: Sequence[np.ndarray] | None):
+        return self._noise_terms(masks if masks is not None else self._draw(batch_size))
+
+    def forward(self, *, x, train, masks=None) -> np.ndarray:
+        terms = self._terms_for(len(x), masks) if train else None
+        return self._forward(x, terms)[0]
+
+    def loss_and_grads(self, *, x, y, masks=None) -> tuple[float, Params]:
+        loss, _, grads = self._loss_grads(x, y, self._terms_for(len(x), masks))
+        return loss, grads
+
+    def _step(self, x, y, masks) -> tuple[float, int]:
+        loss, correct, grads = self._loss_grads(x, y, self._terms_for(len(x), masks))
+        lr, decay = self.dtype(self.train.lr), self.dtype(self.train.weight_decay)
+        for name, grad in grads.items():
+            if decay and name.endswith("kernel"):
+                grad = grad + decay * self.params[name]
+            self.params[name] -= lr * grad
+        return loss, correct
+
+    def train_step(self, *, x, y, masks=None) -> float:
+        return self._step(x, y, masks)[0]
+
+    def train_epoch(self, *, batches: EpochBatches) -> EpochMetrics:
+        total_loss, total_correct = 0.0, 0
+        for xb, yb in batches:
+            loss, correct = self._step(xb, yb, None)
+            total_loss += loss * len(yb)
+            total_correct += correct
+        n = len(batches.order)
+        return EpochMetrics(loss=total_loss / n, acc=total_correct / n)
+
+    def evaluate(self, *, x, y) -> EvalMetrics:
+        loss_sum, correct = 0.0, 0
+        for start in range(0, len(x), 10_000):
+            loss, n_correct, _ = self._eval_chunk(x[start:start + 10_000], y[start:start + 10_000])
+            loss_sum += loss
+            correct += n_correct
+        return EvalMetrics(loss=loss_sum / len(x), acc=correct / len(x))
+
+    def _eval_chunk(self, x, y):
+        logits = self._forward(x, None)[0]
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        return float(-log_probs[np.arange(len(y)), y].sum()), int((logits.argmax(axis=1) == y).sum()), None
+
+    def activations(self, *, x, train, masks=None) -> dict[str, np.ndarray]:
+        terms = self._terms_for(len(x), masks) if train else None
+        _, tape = self._forward(x, terms)
+        out = {}
+        for i in range(len(self.model.hiddens)):
+            out[f"hidden_{i}/pre_noise"] = tape[i][3].astype(np.float32)
+            out[f"hidden_{i}/post_noise"] = tape[i + 1][0].astype(np.float32)
+        return out
+
+
+class Oracle(Backend):
+    """The same maths in float64: the reference the parity ladder compares float32 frameworks against."""
+
+    name = "numpy-oracle"
+    dtype = np.float64
+
+    def get_params(self) -> Params:
+        return {k: v.copy() for k, v in self.params.items()}

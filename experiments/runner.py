@@ -1,0 +1,176 @@
+"""Runs jobs, each in its own worker process under its backend's interpreter, and collects their rows.
+
+A job that crashes, hangs (no event for ``job_timeout`` seconds), diverges, or is killed is recorded as failed with
+its reason; the other jobs go on and every finished row is already on disk.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import backends
+from backends.worker import thread_environment
+from experiments.report import RunFolder, job_columns, summary_row
+from experiments.spec import Experiment, Job
+
+EventHook = Callable[[Job, dict[str, Any], subprocess.Popen], None]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    data_dir: Path
+    out_dir: Path
+    threads: int = 2
+    job_timeout: float = 900.0
+    progress: bool = True
+
+
+class Progress:
+    """One line per job on stderr: rewritten in place on a terminal, one line per epoch in a log."""
+
+    def __init__(self, enabled: bool, total_jobs: int) -> None:
+        self.enabled, self.total, self.tty = enabled, total_jobs, sys.stderr.isatty()
+
+    def update(self, index: int, job: Job, text: str, final: bool = False) -> None:
+        if not self.enabled:
+            return
+        line = f"[{index}/{self.total}] {job.backend:<10} {job.model.impl:<7} {job.train.mode:<8} " \
+               f"{job.variant:<14} seed {job.train.seed}  {text}"
+        if self.tty:
+            sys.stderr.write("\r\033[K" + line + ("\n" if final else ""))
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+def _bar(done: int, total: int, width: int = 20) -> str:
+    filled = round(width * done / total) if total else width
+    return "#" * filled + "." * (width - filled)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"worker killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"worker killed by signal {-code}"
+    return f"worker exited with status {code} without a result"
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+def _read_events(stream, sink: queue.Queue) -> None:
+    for line in stream:
+        line = line.strip()
+        if line:
+            try:
+                sink.put(json.loads(line))
+            except json.JSONDecodeError:
+                sink.put({"event": "noise", "text": line})
+    sink.put(None)
+
+
+def run_job(job: Job, index: int, folder: RunFolder, options: RunOptions, progress: Progress,
+            on_event: EventHook | None = None) -> dict[str, Any]:
+    info = backends.resolve(job.backend)
+    if not backends.is_available(job.backend):
+        row = summary_row(job, [], None, None, "unavailable", backends.unavailable_reason(job.backend))
+        progress.update(index, job, f"unavailable: {row['error']}", final=True)
+        return row
+
+    env = dict(os.environ, PYTHONPATH=str(backends.PROJECT_ROOT), **thread_environment(options.threads))
+    request = {"job": job.to_dict(), "data_dir": str(options.data_dir), "threads": options.threads}
+    log_path = folder.log_path(job)
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([info.interpreter, "-m", "backends.worker", "run"], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=log, cwd=backends.PROJECT_ROOT, env=env, text=True)
+        process.stdin.write(json.dumps(request))
+        process.stdin.close()
+        events: queue.Queue = queue.Queue()
+        threading.Thread(target=_read_events, args=(process.stdout, events), daemon=True).start()
+        epochs: list[dict[str, Any]] = []
+        start = end = error = None
+        keys = job_columns(job)
+        progress.update(index, job, "starting")
+        while True:
+            try:
+                event = events.get(timeout=options.job_timeout)
+            except queue.Empty:
+                process.kill()
+                error = f"timeout: no progress for {options.job_timeout:.0f} s; the worker was killed"
+                break
+            if event is None:
+                break
+            kind = event.get("event")
+            if kind == "start":
+                start = event
+            elif kind == "epoch":
+                epochs.append(event)
+                folder.append("epochs", dict(keys["keys"], **{k: event[k] for k in event if k != "event"},
+                                             **keys["params"]))
+                progress.update(index, job, f"epoch {event['epoch']}/{job.train.epochs} "
+                                f"{_bar(event['epoch'], job.train.epochs)} val_acc {event['val_acc']:.4f} "
+                                f"{event['epoch_seconds']:.2f} s/epoch")
+            elif kind == "record":
+                folder.append(event["table"], dict(keys["keys"], **event["row"], **keys["params"]))
+            elif kind == "done":
+                end = event
+            elif kind == "error":
+                error, end = event["error"], event
+            if on_event is not None:
+                on_event(job, event, process)
+        try:
+            code = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = process.wait()
+    if error is None and (end is None or code != 0):
+        error = _describe_exit(code)
+        detail = _last_line(log_path)
+        if detail:
+            error += f" ({detail})"
+    status = "ok" if error is None else "failed"
+    row = summary_row(job, epochs, start, end, status, error or "")
+    progress.update(index, job, "done" if status == "ok" else f"FAILED: {error}", final=True)
+    return row
+
+
+def run_experiment(experiment: Experiment, options: RunOptions, *, argv: list[str] | None = None,
+                   on_event: EventHook | None = None) -> list[dict[str, Any]]:
+    """Run every job of the experiment in turn; returns the summary rows (also in ``summary.csv``)."""
+    from experiments.report import run_metadata
+
+    folder = RunFolder(options.out_dir)
+    jobs = experiment.jobs(lambda name: backends.resolve(name).modes)
+    progress = Progress(options.progress, len(jobs))
+    versions: dict[str, str] = {}
+    meta = run_metadata(root=backends.PROJECT_ROOT, threads=options.threads, argv=argv or sys.argv,
+                        versions=versions)
+    meta.update(experiment=experiment.name, data_dir=str(options.data_dir), jobs=len(jobs),
+                started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    folder.write_json("meta.json", meta)
+    rows = []
+    for index, job in enumerate(jobs, start=1):
+        row = run_job(job, index, folder, options, progress, on_event)
+        rows.append(row)
+        folder.append("summary", row)
+        if row.get("framework_version"):
+            versions[job.backend] = row["framework_version"]
+        meta.update(frameworks=versions, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        folder.write_json("meta.json", meta)
+    return rows
