@@ -36,6 +36,11 @@ def _flatten(value: Any, arrays: dict[str, np.ndarray]) -> Any:
     return value
 
 
+def _hashable(key: Any) -> Any:
+    """Tuples travel as JSON lists; as dictionary keys they must come back as tuples."""
+    return tuple(_hashable(k) for k in key) if isinstance(key, list) else key
+
+
 def _restore(value: Any, arrays: Any) -> Any:
     if isinstance(value, dict):
         if "__array__" in value:
@@ -43,7 +48,7 @@ def _restore(value: Any, arrays: Any) -> Any:
         if "__dataclass__" in value:
             return _DATACLASSES[value["__dataclass__"]](**{k: _restore(v, arrays) for k, v in value["fields"].items()})
         if "__dict__" in value:
-            return {_restore(k, arrays): _restore(v, arrays) for k, v in value["__dict__"]}
+            return {_hashable(_restore(k, arrays)): _restore(v, arrays) for k, v in value["__dict__"]}
         return {k: _restore(v, arrays) for k, v in value.items()}
     if isinstance(value, list):
         return [_restore(v, arrays) for v in value]

@@ -160,11 +160,26 @@ def _hash_stream(stream: BinaryIO, hasher: Any) -> int:
         size += len(chunk)
 
 
-def _file_md5(path: Path) -> str:
-    hasher = hashlib.md5()
+def _file_hexdigest(path: Path, algorithm: str) -> str:
+    hasher = hashlib.new(algorithm)
     with open(path, "rb") as stream:
         _hash_stream(stream, hasher)
     return hasher.hexdigest()
+
+
+# EOFError: truncated stream; zlib.error: damaged deflate data; OSError covers gzip.BadGzipFile (magic, CRC, length).
+_GZIP_ERRORS = (EOFError, zlib.error, OSError)
+
+
+def _describe_gzip_error(err: BaseException) -> str:
+    """A gzip failure as a phrase that follows the file's name."""
+    if isinstance(err, EOFError):
+        return "is truncated (gzip stream ends early)"
+    if isinstance(err, OSError) and not isinstance(err, gzip.BadGzipFile):
+        return f"cannot be read ({err})"
+    if isinstance(err, gzip.BadGzipFile) and str(err).startswith("Not a gzipped file"):
+        return f"is not a gzip file (it starts with {str(err)[len('Not a gzipped file '):]})"
+    return f"is corrupt (gzip: {err})"
 
 
 class _GzipProblem(Exception):
@@ -177,20 +192,23 @@ def _decompressed_sha256(path: Path) -> tuple[str, int]:
     try:
         with gzip.open(path, "rb") as stream:
             size = _hash_stream(stream, hasher)
-    except EOFError:
-        raise _GzipProblem("is truncated (gzip stream ends early)") from None
-    except zlib.error as err:
-        raise _GzipProblem(f"is corrupt (gzip data does not decompress: {err})") from None
-    except OSError as err:  # gzip.BadGzipFile is an OSError: bad magic, CRC or length check
-        raise _GzipProblem(f"is not a valid gzip file ({err})") from None
+    except _GZIP_ERRORS as err:
+        raise _GzipProblem(_describe_gzip_error(err)) from None
     return hasher.hexdigest(), size
 
 
 def _problem_with(path: Path, key: str, *, compressed: bool) -> str | None:
-    """What is wrong with ``path`` as the file ``FILES[key]`` (gzip or raw), phrased to follow its name; None if good."""
+    """What is wrong with ``path`` as ``FILES[key]`` (gzip or raw), phrased to follow its name; None when good."""
+    try:
+        return _content_problem(path, key, compressed=compressed)
+    except OSError as err:  # unreadable (permissions, I/O error): still a one-line DataError for the caller
+        return f"cannot be read ({err})"
+
+
+def _content_problem(path: Path, key: str, *, compressed: bool) -> str | None:
     expected_sha, expected_size = DECOMPRESSED_SHA256[key], DECOMPRESSED_SIZE[key]
     if compressed:
-        if _file_md5(path) == UPSTREAM_GZ_MD5[key]:
+        if _file_hexdigest(path, "md5") == UPSTREAM_GZ_MD5[key]:
             return None  # upstream's exact bytes: no need to decompress
         try:
             sha, size = _decompressed_sha256(path)
@@ -199,13 +217,7 @@ def _problem_with(path: Path, key: str, *, compressed: bool) -> str | None:
         what = "decompressed contents"
     else:
         size = path.stat().st_size
-        if size == expected_size:
-            hasher = hashlib.sha256()
-            with open(path, "rb") as stream:
-                _hash_stream(stream, hasher)
-            sha = hasher.hexdigest()
-        else:
-            sha = ""
+        sha = _file_hexdigest(path, "sha256") if size == expected_size else ""  # a wrong size needs no hashing
         what = "contents"
     if size != expected_size:
         return f"has the wrong size ({what} are {size} bytes, expected {expected_size})"
@@ -292,6 +304,7 @@ def _download_one(key: str, dest: Path, base_url: str, progress: bool) -> None:
         problem = _problem_with(temp, key, compressed=True) if temp.stat().st_size else "is empty"
         if problem is not None:
             raise DataError(f"download of {name} from {url} failed: the downloaded file {problem}; {_FIX_DOWNLOAD}")
+        os.chmod(temp, 0o644)  # mkstemp creates 0600; the cached file should be readable like any download
         os.replace(temp, dest / name)
     finally:
         if temp.exists():
@@ -335,13 +348,8 @@ def _read_bytes(path: Path) -> bytes:
         return raw
     try:
         return gzip.decompress(raw)  # one zlib call: much faster than streaming through GzipFile
-    except EOFError:
-        problem = "is truncated (gzip stream ends early)"
-    except zlib.error as err:
-        problem = f"is corrupt (gzip data does not decompress: {err})"
-    except OSError as err:
-        problem = f"is not a valid gzip file ({err})"
-    raise DataError(f"{path} {problem}; {_FIX_BAD_FILE}")
+    except _GZIP_ERRORS as err:
+        raise DataError(f"{path} {_describe_gzip_error(err)}; {_FIX_BAD_FILE}") from None
 
 
 def _parse_header(data: bytes, path: Path) -> tuple[tuple[int, ...], int]:
@@ -371,7 +379,7 @@ def read_idx(path: PathLike) -> np.ndarray:
     dims, header_len = _parse_header(data, path)
     expected = int(np.prod(dims, dtype=np.int64))
     held = len(data) - header_len
-    if held < expected:
+    if held != expected:
         raise DataError(f"{path}: header says {dims[0]} items ({expected} bytes) but the file holds {held} bytes "
                         f"of data; {_FIX_BAD_FILE}")
     return np.frombuffer(data, dtype=np.uint8, offset=header_len).reshape(dims)

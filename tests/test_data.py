@@ -213,7 +213,7 @@ def test_verify_rejects_a_file_that_is_not_gzip(tmp_path):
     folder = _folder_with_bad_small_file(tmp_path / "html", b"<html><body>403 Forbidden</body></html>\n")
     with pytest.raises(DataError) as err:
         data.verify(folder)
-    _assert_one_line_naming(err, "t10k-labels-idx1-ubyte.gz", "not a valid gzip")
+    _assert_one_line_naming(err, "t10k-labels-idx1-ubyte.gz", "not a gzip file")
 
 
 @needs_real_data
@@ -419,7 +419,7 @@ def test_download_from_a_mirror_then_skip_valid_files(http_server, tmp_path, rea
     assert _files_in(dest) == sorted(f"{name}.gz" for name in NAMES)
     assert sorted(requested) == sorted(f"mirror/{name}.gz" for name in NAMES)
     progress = capsys.readouterr().err
-    assert "100%" in progress and "MB" in progress and "\r" in progress
+    assert "100%" in progress and "MB" in progress and progress.count("\r") > 4  # a bar, not one line at the end
 
     data.verify(dest)
     loaded = data.load(dest, train_limit=1000)
