@@ -9,13 +9,12 @@ TEST_ARGS ?=
 setup: main-venv mxnet-venv data
 
 main-venv: $(VENV)/.installed
-$(VENV)/.installed: requirements/main.txt pyproject.toml
+$(VENV)/.installed: requirements/main.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	# The CPU wheel of torch lies on local disk; install it first so nothing pulls a CUDA build.
 	$(VENV)/bin/pip install -q torch==2.13.0
 	$(VENV)/bin/pip install -q -r requirements/main.txt
-	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
 mxnet-venv: $(MXVENV)/.installed
