@@ -276,11 +276,12 @@ def test_rung5_dropconnect_masks_weights(make_backend, fashion, name, impl):
                                   err_msg="dropconnect leaves activations alone")
     # The last kernel's gradient is h^T (softmax - onehot) * mask / (1 - p): softmax - onehot is never exactly 0, so
     # beyond the rows of dead units every exact zero is a masked weight. Eight draws pool 8 x 256 x 10 entries.
+    # A unit of hidden layer 1 can be dead in one draw and alive in the next (its inputs are masked too), so dead
+    # rows are dropped per draw.
     kernels = [backend.loss_and_grads(x=x, y=y)[1]["dense_2/kernel"] for _ in range(8)]
-    live_rows = np.any(np.stack(kernels) != 0, axis=(0, 2))
-    masked = np.stack([k[live_rows] == 0 for k in kernels])
+    masked = np.concatenate([(k[np.any(k != 0, axis=1)] == 0).ravel() for k in kernels])
     assert abs(masked.mean() - p) < 4 * np.sqrt(p * (1 - p) / masked.size), f"masked weights {masked.mean():.4f}"
-    assert not np.array_equal(masked[0], masked[1]), "a new step needs a new weight mask"
+    assert not np.array_equal(kernels[0] == 0, kernels[1] == 0), "a new step needs a new weight mask"
     evaluated = backend.forward(x=x, train=False)
     assert_close(evaluated, oracle_for(backend.model, TrainSpec()).forward(x=x, train=False), "eval ignores masks")
 
