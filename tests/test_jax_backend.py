@@ -1,0 +1,170 @@
+"""JAX-specific checks that the shared parity ladder cannot see: a fresh dropout key per STEP inside an epoch (not one
+per epoch) in both modes, eager and compiled consuming keys identically, seeded reproducibility of whole epochs, no
+retrace after the first epoch, the one-line error for a missing GPU, and the CPU thread limit."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import backends
+from backends import base
+from experiments import data
+from experiments.spec import ModelSpec, TrainSpec
+
+pytestmark = pytest.mark.skipif(not backends.is_available("jax"), reason=backends.unavailable_reason("jax"))
+
+RTOL = 1e-5
+MODES = ("eager", "compiled")
+IMPLS = ("concise", "scratch")
+
+
+def assert_close(actual, expected, what: str, rtol: float = RTOL) -> None:
+    actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    scale = max(float(np.abs(expected).max()), 1e-12)
+    error = float(np.abs(actual - expected).max())
+    assert error <= rtol * scale, f"{what}: max abs error {error:.3g} > {rtol:g} x scale {scale:.3g}"
+
+
+def same_examples_epoch(fashion, steps: int = 8) -> base.EpochBatches:
+    """An epoch whose batches all hold the same 256 examples, in the same order."""
+    return base.EpochBatches(x=fashion.train_x[:256], y=fashion.train_y[:256],
+                             order=np.tile(np.arange(256), steps), batch_size=256)
+
+
+def masks_differ_every_step(losses: np.ndarray) -> bool:
+    """With lr = 1e-9 the weights do not move (the drift is far below float32's resolution of the loss), so the batch
+    losses of identical batches differ only through the noise. A reused key repeats the loss to within an ulp or two
+    (about 2.4e-7 at a loss of 2.3); fresh masks move it by about 1e-2, so every pair must be more than 4 ulps apart."""
+    return len(losses) > 1 and float(np.min(np.diff(np.sort(losses)))) > 1e-6
+
+
+# --- (a) a fresh key every step, within an epoch ---------------------------------------------------------------------
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("mode", MODES)
+def test_each_step_in_an_epoch_draws_a_new_mask(make_backend, fashion, mode, impl):
+    model, train = ModelSpec(impl=impl), TrainSpec(mode=mode, lr=1e-9)
+    backend = make_backend("jax", model=model, train=train)
+    backend.train_epoch(batches=same_examples_epoch(fashion))
+    losses = backend.last_epoch_step_losses
+    assert losses.shape == (8,)
+    assert masks_differ_every_step(losses), f"{mode}/{impl}: steps of one epoch reuse a mask: {losses}"
+    backend.train_epoch(batches=same_examples_epoch(fashion))
+    assert not set(backend.last_epoch_step_losses.tolist()) & set(losses.tolist()), "epoch 2 replays epoch 1's keys"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_step_check_catches_a_key_reused_for_the_whole_epoch(make_backend, fashion, mode):
+    """Negative control: one key for every step of the epoch (the per-epoch mistake) makes the check above fail."""
+    backend = make_backend("jax", model=ModelSpec(), train=TrainSpec(mode=mode, lr=1e-9))
+    backend._step_key = lambda base_key, n: base_key  # patched before the first trace, so the traces use it
+    backend.train_epoch(batches=same_examples_epoch(fashion))
+    losses = backend.last_epoch_step_losses
+    assert not masks_differ_every_step(losses), f"a reused key went unnoticed: {losses}"
+    assert float(np.ptp(losses)) < 1e-6, losses
+
+
+# --- (b) eager and compiled are the same run ---------------------------------------------------------------------------
+def two_epochs(make_backend, fashion, *, mode: str, model: ModelSpec, seed: int = 0, n: int = 2000):
+    """Two epochs with native noise on a real subset: 7 full batches and a partial one of 208."""
+    backend = make_backend("jax", model=model, train=TrainSpec(mode=mode, seed=seed), seed=seed)
+    x, y = fashion.train_x[:n], fashion.train_y[:n]
+    metrics, losses = [], []
+    for epoch in (1, 2):
+        order = data.epoch_order(n, seed=seed, epoch=epoch)
+        metrics.append(backend.train_epoch(batches=base.EpochBatches(x=x, y=y, order=order, batch_size=256)))
+        losses.append(backend.last_epoch_step_losses)
+    return backend, metrics, np.concatenate(losses)
+
+
+@pytest.mark.parametrize("impl,noise", [("concise", "dropout"), ("scratch", "dropout"), ("concise", "dropconnect")])
+def test_eager_and_compiled_consume_keys_identically(make_backend, fashion, impl, noise):
+    model = ModelSpec(impl=impl, noise=noise)
+    eager, eager_metrics, eager_losses = two_epochs(make_backend, fashion, mode="eager", model=model)
+    compiled, compiled_metrics, compiled_losses = two_epochs(make_backend, fashion, mode="compiled", model=model)
+    assert eager_losses.shape == (16,)
+    assert_close(compiled_losses, eager_losses, "per-step losses")
+    for got, want in zip(compiled_metrics, eager_metrics):
+        assert_close(got.loss, want.loss, "epoch loss")
+        assert abs(got.acc - want.acc) <= 1 / 2000, "epoch accuracy"
+    expected = eager.get_params()
+    for key, value in compiled.get_params().items():
+        assert_close(value, expected[key], f"after two epochs: {key}")
+
+
+# --- (c) seeded reproducibility of whole epochs ----------------------------------------------------------------------
+def test_same_seed_same_run_other_seed_other_run(make_backend, fashion):
+    """Compiled mode (the eager mode is the same run: see the test above)."""
+    model, mode = ModelSpec(), "compiled"
+    first, first_metrics, first_losses = two_epochs(make_backend, fashion, mode=mode, model=model, seed=1)
+    again, again_metrics, again_losses = two_epochs(make_backend, fashion, mode=mode, model=model, seed=1)
+    np.testing.assert_array_equal(again_losses, first_losses, err_msg="same seed, different losses")
+    assert again_metrics == first_metrics
+    for key, value in first.get_params().items():
+        np.testing.assert_array_equal(again.get_params()[key], value, err_msg=f"same seed: {key}")
+    # A different seed with the SAME init and batch order isolates the noise: it must change the run.
+    other = make_backend("jax", model=model, train=TrainSpec(mode=mode, seed=2), seed=2,
+                         params=base.shared_init(model, 1))
+    x, y = fashion.train_x[:2000], fashion.train_y[:2000]
+    other.train_epoch(batches=base.EpochBatches(x=x, y=y, order=data.epoch_order(2000, seed=1, epoch=1),
+                                                batch_size=256))
+    assert not np.array_equal(other.last_epoch_step_losses, first_losses[:8]), "the seed does not reach the noise"
+
+
+# --- (d) no retrace after the first epoch ----------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+def test_no_retrace_after_the_first_epoch(make_backend, fashion, mode):
+    backend = make_backend("jax", model=ModelSpec(), train=TrainSpec(mode=mode))
+    x, y = fashion.train_x[:1000], fashion.train_y[:1000]  # 3 full batches and one of 232
+    stepper = "scan_epoch" if mode == "compiled" else "eager_step"
+    for epoch in (1, 2, 3):
+        order = data.epoch_order(1000, seed=0, epoch=epoch)
+        backend.train_epoch(batches=base.EpochBatches(x=x, y=y, order=order, batch_size=256))
+        backend.evaluate(x=fashion.test_x, y=fashion.test_y)
+        if epoch == 1:
+            after_first = dict(backend.trace_counts)
+            assert after_first.get(stepper) == 1 and after_first.get("tail_step") == 1, after_first
+    assert dict(backend.trace_counts) == after_first, f"retraced after epoch 1: {after_first} -> " \
+                                                      f"{dict(backend.trace_counts)}"
+    jitted = backend._jit_scan_epoch if mode == "compiled" else backend._jit_eager_step
+    assert jitted._cache_size() == 1 and backend._jit_tail_step._cache_size() == 1
+
+
+# --- (e) device gpu without a GPU --------------------------------------------------------------------------------------
+def test_device_gpu_without_a_gpu_is_a_one_line_error():
+    import jax
+
+    try:
+        has_gpu = bool(jax.devices("gpu"))
+    except RuntimeError:
+        has_gpu = False
+    if has_gpu:
+        pytest.skip("a JAX GPU is visible here")
+    cls = backends.load_class("jax")
+    with pytest.raises(ValueError) as caught:
+        cls(model=ModelSpec(), train=TrainSpec(device="gpu"))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("device gpu needs a JAX GPU device, none is visible here (jax ")
+    assert message.endswith("platform cpu); use --device cpu")
+
+
+# --- threads -------------------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs at least two usable CPUs")
+def test_dropbench_threads_bounds_the_xla_cpu_pool():
+    """XLA sizes its CPU pool from the process's CPU affinity; DROPBENCH_THREADS=1 must narrow it before import."""
+    probe = ("import os; import backends.jax_backend as jb; import jax; jax.devices(); "
+             "print(len(os.sched_getaffinity(0)), os.environ.get('XLA_FLAGS', ''))")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["DROPBENCH_THREADS"] = "1"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=root,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    cpus, flags = result.stdout.strip().split(" ", 1)
+    assert cpus == "1" and "--xla_cpu_multi_thread_eigen=false" in flags, result.stdout
