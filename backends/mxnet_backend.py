@@ -1,0 +1,409 @@
+"""MXNet Gluon backend (MXNet 1.9.1, the version D2L pins). Runs in its own venv (numpy 1.23): see backends/__init__.py.
+
+np vs nd: this module uses ``mxnet.np``/``npx`` with ``npx.set_np()``, as D2L's MXNet tab does. The section's
+``dropout_layer`` is written against ``mxnet.np`` (``np.random.uniform(0, 1, X.shape) > dropout``), Gluon 1.9's layers
+switch to the ``npx`` operators under it (``npx.fully_connected``, ``npx.dropout``), and NumPy semantics (0-d arrays,
+NumPy dtype rules) keep the glue code close to the NumPy oracle. The legacy ``nd`` API would work as well but is not
+what the book runs. ``set_np`` is a process-wide switch; this module is only ever imported in the MXNet worker.
+
+How the framework is used, and why:
+- ``concise`` dropout is D2L's ``nn.HybridSequential``: Dense(relu), Dropout, Dense(relu), Dropout, Dense. Gluon's
+  Dropout is active only while ``autograd.is_training()``: inside ``autograd.record()`` (training) and under
+  ``autograd.train_mode()`` (``forward(train=True)`` and ``activations(train=True)`` outside training). Gluon's Dropout
+  at p = 1 gives NaN (its scale 1/(1-p) is infinite), so at p = 1 that layer is an explicit zeros block instead.
+- Evaluation runs a noise-free chain of the same Dense layers under ``autograd.predict_mode()``. It is a graph of its
+  own because a Python branch on ``autograd.is_training()`` (D2L's scratch model) is frozen into a hybridized graph
+  when it is traced: every graph here therefore has its noise fixed when it is built, and the mode flag only matters
+  to Gluon's own Dropout operator, which reads it at run time.
+- The other noise kinds, ``scratch`` dropout, injected masks and dropconnect (a mask on the kernel, via a Dense that
+  reads its weight through a multiplier) are ``_MLP`` graphs over the same Dense layers (parameters are shared).
+- ``compiled`` = ``hybridize(static_alloc=True, static_shape=True)`` on every graph; ``eager`` = imperative Gluon.
+- Noise RNG: MXNet has only a global generator per device (``mx.random.seed`` and ``npx.random.seed`` are the same
+  call). The backend owns a NumPy generator seeded with ``noise_seed(seed)`` and reseeds MXNet's generator from it
+  at the start of every call that draws noise, so that a backend's noise depends on its own calls only.
+- Weight decay: ``gluon.Trainer`` SGD with ``wd`` and ``wd_mult = 0`` on biases (MXNet's SGD adds ``wd * W`` to the
+  gradient), stepped with ``step(1)`` because the loss is already a batch mean (D2L's convention).
+- Threads: MXNet reads OMP_NUM_THREADS once, when libmxnet loads; the worker sets it before this module is imported.
+  There is no Python API to change it later (``MXSetNumOMPThreads`` only sets the calling thread's OpenMP default,
+  not the engine's worker threads), so ``threads`` is checked against the environment and a mismatch is reported.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Mapping, Sequence
+
+import numpy as onp
+
+import mxnet as mx
+from mxnet import autograd, gluon, np, npx
+from mxnet.gluon import nn
+
+from backends import base
+from backends.base import EpochBatches, EpochMetrics, EvalMetrics, Params
+
+npx.set_np()
+
+_CTX = mx.cpu()
+
+
+def _scale(p: float) -> float:
+    """Inverted-dropout scale 1/(1-p); p = 1 keeps nothing (D2L's zeros branch)."""
+    return 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
+
+
+def dropout_layer(F, X, dropout: float, keep=None):
+    """The section's ``dropout_layer`` in ``mxnet.np``: keep where u > p, scale by 1/(1-p).
+
+    ``F`` is Gluon's operator namespace (``mx.nd`` imperatively, ``mx.sym`` while a hybridized graph is traced), so
+    the shape comes from X itself rather than ``X.shape`` (a traced symbol has none). p = 0 is an exact identity
+    (D2L's ``u > 0`` would drop an element with probability 2**-24). ``keep`` injects the 0/1 mask instead of drawing.
+    """
+    assert 0 <= dropout <= 1
+    if dropout == 1:
+        return F.np.zeros_like(X)
+    if keep is None:
+        if dropout == 0:
+            return X
+        keep = (F.np.random.uniform(F.np.zeros_like(X), 1.0) > dropout).astype(onp.float32)
+    return keep * X / (1.0 - dropout)
+
+
+class _DropAll(gluon.HybridBlock):
+    """Stands in for ``nn.Dropout`` at p = 1 in training (Gluon's gives NaN there): every unit dropped."""
+
+    def hybrid_forward(self, F, x):
+        return F.np.zeros_like(x)
+
+
+class _Noise(gluon.HybridBlock):
+    """One hidden layer's activation noise, written with framework ops; draws its own, or applies an injected draw
+    (a 0/1 keep mask for dropout, z ~ N(0, 1) for gaussian and additive)."""
+
+    def __init__(self, kind: str, p: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.kind, self.p = kind, float(p)
+
+    def hybrid_forward(self, F, h, *draw):
+        draw = draw[0] if draw else None
+        if self.kind == "dropout":
+            return dropout_layer(F, h, self.p, keep=draw)
+        if self.p == 0:
+            return h
+        if draw is None:
+            draw = F.np.random.normal(F.np.zeros_like(h), 1.0)
+        if self.kind == "gaussian":
+            return h * (1.0 + math.sqrt(self.p / (1.0 - self.p)) * draw)
+        return h + self.p * draw  # additive
+
+
+class _Dense(nn.Dense):
+    """Gluon's Dense, optionally reading its (out, in) weight through a multiplier (dropconnect's kernel mask)."""
+
+    def hybrid_forward(self, F, x, *weight_mult, weight, bias=None):
+        if weight_mult:
+            weight = weight * weight_mult[0]
+        return super().hybrid_forward(F, x, weight, bias)
+
+
+class _MLP(gluon.HybridBlock):
+    """The network as one graph over the shared Dense layers.
+
+    ``noises``: one block per hidden layer applied after its ReLU (None: noise off). ``dropconnect``: the kernel that
+    reads hidden layer i is multiplied by keep_i / (1 - p_i). ``inject``: the draws come in as inputs, one per hidden
+    layer, already in the framework's layout. ``probe``: also return each hidden layer's (pre_noise, post_noise).
+    """
+
+    def __init__(self, denses, noises=None, *, dropconnect=None, inject=False, probe=False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.denses = list(denses)
+        for i, dense in enumerate(self.denses):
+            self.register_child(dense, f"dense{i}")
+        self.noises = list(noises) if noises is not None else None
+        for i, noise in enumerate(self.noises or ()):
+            self.register_child(noise, f"noise{i}")
+        self.dropconnect = tuple(dropconnect) if dropconnect is not None else None
+        self.inject, self.probe = inject, probe
+
+    def _weight_mult(self, F, i: int, draws):
+        """Multiplier of the kernel that reads hidden layer i, shape (out, in), or None for the identity."""
+        p = self.dropconnect[i]
+        if self.inject:
+            return draws[i] * _scale(p)
+        if p == 0:
+            return None
+        if p == 1:
+            return F.np.zeros(self.denses[i + 1].weight.shape)
+        keep = F.np.random.uniform(0.0, 1.0, size=self.denses[i + 1].weight.shape) > p
+        return keep.astype(onp.float32) * _scale(p)
+
+    def hybrid_forward(self, F, x, *draws):
+        hidden = []
+        h = x
+        last = len(self.denses) - 1
+        for i, dense in enumerate(self.denses):
+            mult = self._weight_mult(F, i - 1, draws) if (self.dropconnect is not None and i > 0) else None
+            h = dense(h) if mult is None else dense(h, mult)
+            if i == last:
+                break
+            pre = h
+            if self.noises is not None:
+                h = self.noises[i](h, draws[i]) if self.inject else self.noises[i](h)
+            hidden += [pre, h]
+        return (h, *hidden) if self.probe else h
+
+
+def log_softmax(F, logits):
+    """log_softmax written with np ops. MXNet 1.9.1 runs ``npx.log_softmax`` (which ``SoftmaxCrossEntropyLoss`` uses)
+    through oneDNN, whose result is biased (mean error ~7e-7) and whose gradient is off by ~3e-6 relative: enough to
+    drift past the parity ladder's 1e-5 in twenty SGD steps. max/exp/sum/log are MXNet's own exact kernels."""
+    shifted = logits - F.np.max(logits, axis=1, keepdims=True)
+    return shifted - F.np.log(F.np.sum(F.np.exp(shifted), axis=1, keepdims=True))
+
+
+class _Loss(gluon.HybridBlock):
+    """Gluon's ``SoftmaxCrossEntropyLoss`` (per example, as D2L), fed the exact log_softmax (``from_logits``)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.cross_entropy = gluon.loss.SoftmaxCrossEntropyLoss(from_logits=True)
+
+    def hybrid_forward(self, F, logits, y):
+        return self.cross_entropy(log_softmax(F, logits), y)
+
+
+class _Objective(gluon.HybridBlock):
+    """Mean softmax cross-entropy of a batch (D2L: ``SoftmaxCrossEntropyLoss()(...).mean()``) and its correct count,
+    in one graph so that a compiled step is one cached op forward."""
+
+    def __init__(self, net, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.net = net
+        self.loss = _Loss()
+
+    def hybrid_forward(self, F, x, y, *draws):
+        logits = self.net(x, *draws)
+        correct = (F.np.argmax(logits, axis=1).astype(onp.int32) == y).astype(onp.float32).sum()
+        return self.loss(logits, y).mean(), correct
+
+
+class Backend(base.Backend):
+    name = "mxnet"
+    framework = "mxnet"
+    capabilities = base.Capabilities(modes=("eager", "compiled"), devices=("cpu",))
+
+    def __init__(self, *, model, train, threads=None) -> None:
+        super().__init__(model=model, train=train, threads=threads)
+        if threads is not None and os.environ.get("OMP_NUM_THREADS") != str(threads):
+            warnings.warn(f"mxnet backend: threads={threads} cannot be applied after libmxnet has loaded "
+                          f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')!r}); run it through the worker")
+        self._compiled = train.mode == "compiled"
+        self._data_ref = None  # the host training array whose device copy is cached (kept alive: id() stays valid)
+
+    # --- building ------------------------------------------------------------------------------------------------
+    def _graph(self, block):
+        if self._compiled:
+            block.hybridize(static_alloc=True, static_shape=True)
+        return block
+
+    def build(self, *, seed: int, params: Mapping[str, onp.ndarray] | None = None) -> None:
+        model = self.model
+        sizes = model.layer_sizes
+        last = len(sizes) - 2
+        self.denses = [_Dense(fan_out, in_units=fan_in, activation=None if i == last else "relu")
+                       for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]))]
+        self._eval_net = nn.HybridSequential()
+        self._eval_net.add(*self.denses)
+        mx.random.seed(int(seed))  # the framework's own init draws from MXNet's global generator
+        self._eval_net.initialize(ctx=_CTX)  # D2L: initialize() = init.Uniform(0.07) weights, zero biases
+        if params is not None:
+            self.set_params(params=params)
+        self._params = self._eval_net.collect_params()
+        for dense in self.denses:
+            dense.bias.wd_mult = 0.0  # the contract decays kernels only
+        self._trainer = gluon.Trainer(self._params, "sgd",
+                                      {"learning_rate": self.train.lr, "wd": self.train.weight_decay})
+
+        noise, dropouts = model.noise, model.dropouts
+        if noise == "dropconnect":
+            self._train_net = _MLP(self.denses, dropconnect=dropouts)
+            self._noises = None
+        elif model.impl == "concise" and noise == "dropout":
+            self._noises = [_DropAll() if p >= 1 else nn.Dropout(p) for p in dropouts]
+            self._train_net = nn.HybridSequential()  # D2L's DropoutMLP
+            for dense, drop in zip(self.denses, self._noises):
+                self._train_net.add(dense, drop)
+            self._train_net.add(self.denses[-1])
+        else:  # scratch dropout (the section's dropout_layer), and gaussian/additive in both impls
+            self._noises = [_Noise(noise, p) for p in dropouts]
+            self._train_net = _MLP(self.denses, self._noises)
+        self._graph(self._eval_net)
+        self._graph(self._train_net)
+        self._train_objective = self._graph(_Objective(self._train_net))
+        self._loss = self._graph(_Loss())
+        self._lazy: dict[str, gluon.HybridBlock] = {}
+        self._noise_rng = onp.random.default_rng(base.noise_seed(seed))
+        npx.random.seed(base.noise_seed(seed))
+
+    def _lazy_graph(self, key: str):
+        """Graphs that only the injected-mask and probing calls need, built on first use."""
+        if key not in self._lazy:
+            dropconnect = self.model.dropouts if self.model.noise == "dropconnect" else None
+            if key == "inject":
+                noises = None if dropconnect else [_Noise(self.model.noise, p) for p in self.model.dropouts]
+                block = _MLP(self.denses, noises, dropconnect=dropconnect, inject=True)
+                self._lazy["inject_noises"] = noises
+            elif key == "inject_objective":
+                block = _Objective(self._lazy_graph("inject"))
+            elif key == "probe_inject":
+                self._lazy_graph("inject")
+                block = _MLP(self.denses, self._lazy["inject_noises"], dropconnect=dropconnect, inject=True,
+                             probe=True)
+            elif key == "probe_native":
+                block = _MLP(self.denses, self._noises, dropconnect=dropconnect, probe=True)
+            elif key == "probe_eval":
+                block = _MLP(self.denses, None, probe=True)
+            else:
+                raise KeyError(key)
+            self._lazy[key] = self._graph(block)
+        return self._lazy[key]
+
+    def _reseed(self) -> None:
+        """A fresh MXNet seed from the backend's own noise generator, before every call that draws noise."""
+        npx.random.seed(int(self._noise_rng.integers(0, 2**31 - 1)))
+
+    # --- parameters ----------------------------------------------------------------------------------------------
+    def get_params(self) -> Params:
+        params: Params = {}
+        for i, dense in enumerate(self.denses):
+            params[f"dense_{i}/kernel"] = onp.ascontiguousarray(dense.weight.data().asnumpy().T, dtype=onp.float32)
+            params[f"dense_{i}/bias"] = onp.array(dense.bias.data().asnumpy(), dtype=onp.float32)
+        return params
+
+    def set_params(self, *, params: Mapping[str, onp.ndarray]) -> None:
+        base.check_params(self.model, params)
+        for i, dense in enumerate(self.denses):
+            dense.weight.set_data(np.array(onp.asarray(params[f"dense_{i}/kernel"], dtype=onp.float32).T))
+            dense.bias.set_data(np.array(onp.asarray(params[f"dense_{i}/bias"], dtype=onp.float32)))
+
+    # --- inputs --------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _x(x) -> np.ndarray:
+        x = onp.asarray(x, dtype=onp.float32)
+        return np.array(x.reshape(len(x), -1), dtype=onp.float32)
+
+    @staticmethod
+    def _y(y) -> np.ndarray:
+        return np.array(onp.asarray(y), dtype=onp.int32)
+
+    def _draws(self, masks: Sequence[onp.ndarray], batch_size: int) -> list:
+        """Injected draws in the framework's layout: dropconnect's (in, out) kernel masks become (out, in)."""
+        expected = base.noise_shapes(self.model, batch_size)
+        if len(masks) != len(expected):
+            raise ValueError(f"masks needs one array per hidden layer ({len(expected)}), got {len(masks)}")
+        draws = []
+        for mask, shape in zip(masks, expected):
+            mask = onp.asarray(mask, dtype=onp.float32)
+            if mask.shape != tuple(shape):
+                raise ValueError(f"mask has shape {mask.shape}, expected {tuple(shape)}")
+            draws.append(np.array(mask.T if self.model.noise == "dropconnect" else mask, dtype=onp.float32))
+        return draws
+
+    # --- forward / training ----------------------------------------------------------------------------------
+    def forward(self, *, x, train, masks=None) -> onp.ndarray:
+        xb = self._x(x)
+        if not train:
+            with autograd.predict_mode():
+                return self._eval_net(xb).asnumpy()
+        with autograd.train_mode():  # outside record(): Gluon's Dropout needs the training flag to drop
+            if masks is not None:
+                return self._lazy_graph("inject")(xb, *self._draws(masks, len(x))).asnumpy()
+            self._reseed()
+            return self._train_net(xb).asnumpy()
+
+    def _objective_and_draws(self, masks, batch_size):
+        if masks is None:
+            self._reseed()
+            return self._train_objective, []
+        return self._lazy_graph("inject_objective"), self._draws(masks, batch_size)
+
+    def loss_and_grads(self, *, x, y, masks=None) -> tuple[float, Params]:
+        objective, draws = self._objective_and_draws(masks, len(x))
+        xb, yb = self._x(x), self._y(y)
+        with autograd.record():
+            loss, _ = objective(xb, yb, *draws)
+        loss.backward()
+        grads: Params = {}
+        for i, dense in enumerate(self.denses):
+            grads[f"dense_{i}/kernel"] = onp.ascontiguousarray(dense.weight.grad().asnumpy().T, dtype=onp.float32)
+            grads[f"dense_{i}/bias"] = onp.array(dense.bias.grad().asnumpy(), dtype=onp.float32)
+        return float(loss.item()), grads
+
+    def train_step(self, *, x, y, masks=None) -> float:
+        objective, draws = self._objective_and_draws(masks, len(x))
+        xb, yb = self._x(x), self._y(y)
+        with autograd.record():
+            loss, _ = objective(xb, yb, *draws)
+        loss.backward()
+        self._trainer.step(1)  # the loss is already the batch mean
+        return float(loss.item())
+
+    def _device_data(self, batches: EpochBatches):
+        if self._data_ref is not batches.x:
+            self._x_dev, self._y_dev = self._x(batches.x), self._y(batches.y)
+            self._data_ref = batches.x
+        return self._x_dev, self._y_dev
+
+    def train_epoch(self, *, batches: EpochBatches) -> EpochMetrics:
+        x_dev, y_dev = self._device_data(batches)
+        order = np.array(onp.asarray(batches.order), dtype=onp.int64)
+        n, size = len(batches.order), batches.batch_size
+        self._reseed()
+        losses, corrects = [], []
+        objective, trainer = self._train_objective, self._trainer
+        for start in range(0, n, size):  # no host read inside the loop: metrics stay on the MXNet side
+            idx = order[start:start + size]
+            xb, yb = np.take(x_dev, idx, axis=0, mode="clip"), np.take(y_dev, idx, axis=0, mode="clip")
+            with autograd.record():
+                loss, correct = objective(xb, yb)
+            loss.backward()
+            trainer.step(1)
+            losses.append(loss)
+            corrects.append(correct)
+        stats = np.stack([np.stack(losses), np.stack(corrects)]).asnumpy().astype(onp.float64)  # waits for the epoch
+        weights = onp.full(len(losses), float(size))
+        weights[-1] = n - size * (len(losses) - 1)
+        return EpochMetrics(loss=float(stats[0] @ weights) / n, acc=float(stats[1].sum()) / n)
+
+    def evaluate(self, *, x, y) -> EvalMetrics:
+        loss_sum, correct = 0.0, 0
+        with autograd.predict_mode():
+            for start in range(0, len(x), 10_000):
+                xb, yb = self._x(x[start:start + 10_000]), self._y(y[start:start + 10_000])
+                logits = self._eval_net(xb)
+                losses = self._loss(logits, yb)
+                loss_sum += float(losses.asnumpy().astype(onp.float64).sum())
+                correct += int((logits.asnumpy().argmax(axis=1) == onp.asarray(y[start:start + 10_000])).sum())
+        return EvalMetrics(loss=loss_sum / len(x), acc=correct / len(x))
+
+    def activations(self, *, x, train, masks=None) -> dict[str, onp.ndarray]:
+        xb = self._x(x)
+        if not train:
+            with autograd.predict_mode():
+                outputs = self._lazy_graph("probe_eval")(xb)
+        else:
+            with autograd.train_mode():  # concise dropout: the same nn.Dropout blocks the training graph uses
+                if masks is not None:
+                    outputs = self._lazy_graph("probe_inject")(xb, *self._draws(masks, len(x)))
+                else:
+                    self._reseed()
+                    outputs = self._lazy_graph("probe_native")(xb)
+        result = {}
+        for i in range(len(self.model.hiddens)):
+            result[f"hidden_{i}/pre_noise"] = outputs[1 + 2 * i].asnumpy().astype(onp.float32)
+            result[f"hidden_{i}/post_noise"] = outputs[2 + 2 * i].asnumpy().astype(onp.float32)
+        return result
+
+    def synchronize(self) -> None:
+        mx.nd.waitall()
