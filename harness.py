@@ -4,6 +4,7 @@
     python harness.py --backend jax            # the D2L run on one backend
     python harness.py --backend all            # every installed backend, side by side
     python harness.py --list                   # backends, their versions, and the experiments
+    python harness.py bench --backend all --mode all   # timings side by side against the machine's floor
 """
 import sys
 

@@ -44,6 +44,37 @@ class Diverged(RuntimeError):
     pass
 
 
+def _timed_batches_class(base):
+    """``EpochBatches`` that add up the time spent in their own iterators (slicing the order, gathering ``x[idx]``,
+    ``y[idx]``): the harness's batching work that runs inside a backend's loop. Built lazily, after the timed import."""
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class TimedEpochBatches(base.EpochBatches):
+        spent: list = dataclasses.field(default_factory=lambda: [0.0], repr=False, compare=False)
+
+        def indices(self):
+            clock, spent = time.perf_counter, self.spent
+            start = clock()
+            for idx in base.EpochBatches.indices(self):
+                spent[0] += clock() - start
+                yield idx
+                start = clock()
+            spent[0] += clock() - start
+
+        def __iter__(self):
+            clock, spent = time.perf_counter, self.spent
+            start = clock()
+            for idx in base.EpochBatches.indices(self):
+                batch = self.x[idx], self.y[idx]
+                spent[0] += clock() - start
+                yield batch
+                start = clock()
+            spent[0] += clock() - start
+
+    return TimedEpochBatches
+
+
 def run_job(job_data: dict[str, Any], emit) -> None:
     started = time.perf_counter()
     from experiments.spec import Job
@@ -82,19 +113,34 @@ def run_job(job_data: dict[str, Any], emit) -> None:
         for table, row in probe.on_epoch(backend=backend, data=dataset, epoch=0, job=job):
             emit({"event": "record", "table": table, "row": row})
     n_train = len(dataset.train_y)
+    # Bench timing (``python harness.py bench``): the harness's own work per epoch is measured apart from the
+    # backend's, and reported in one extra "bench" event after each "epoch" event; other runs are unchanged.
+    bench_timing = bool(job_data.get("bench_timing"))
+    batches_class = _timed_batches_class(base) if bench_timing else base.EpochBatches
     for epoch in range(1, job.train.epochs + 1):
+        clock = time.perf_counter()
         order = data_module.epoch_order(n_train, seed=job.train.seed, epoch=epoch)
+        order_seconds = time.perf_counter() - clock
         with base.Stopwatch(backend) as train_clock:
-            batches = base.EpochBatches(x=dataset.train_x, y=dataset.train_y, order=order,
-                                        batch_size=job.train.batch_size)
-            metrics = backend.train_epoch(batches=batches)
+            batches = batches_class(x=dataset.train_x, y=dataset.train_y, order=order,
+                                    batch_size=job.train.batch_size)
+            with base.Stopwatch(backend if bench_timing else None) as backend_clock:
+                metrics = backend.train_epoch(batches=batches)
+        clock = time.perf_counter()
         if not (math.isfinite(metrics.loss)):
             raise Diverged(f"diverged: training loss is {metrics.loss} in epoch {epoch}")
+        check_seconds = time.perf_counter() - clock
         with base.Stopwatch(backend) as eval_clock:
             evaluation = backend.evaluate(x=dataset.test_x, y=dataset.test_y)
+        clock = time.perf_counter()
         emit({"event": "epoch", "epoch": epoch, "train_loss": metrics.loss, "train_acc": metrics.acc,
               "val_loss": evaluation.loss, "val_acc": evaluation.acc, "epoch_seconds": train_clock.seconds,
               "eval_seconds": eval_clock.seconds, "n_train": n_train})
+        emit_seconds = time.perf_counter() - clock
+        if bench_timing:
+            emit({"event": "bench", "epoch": epoch, "order_seconds": order_seconds,
+                  "train_epoch_seconds": backend_clock.seconds, "gather_seconds": batches.spent[0],
+                  "check_seconds": check_seconds, "emit_seconds": emit_seconds})
         for probe in active_probes:
             for table, row in probe.on_epoch(backend=backend, data=dataset, epoch=epoch, job=job):
                 emit({"event": "record", "table": table, "row": row})

@@ -133,6 +133,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # python harness.py bench ...: the benchmark mode (experiments/bench.py)
+        from experiments import bench
+
+        return bench.main(argv[1:])
     from backends import BackendError
     from experiments.catalog import CatalogError
     from experiments.data import DataError

@@ -32,6 +32,7 @@ class RunOptions:
     threads: int = 2
     job_timeout: float = 900.0
     progress: bool = True
+    bench_timing: bool = False  # workers also report the harness's own per-epoch work ("bench" events)
 
 
 class Progress:
@@ -95,6 +96,8 @@ def run_job(job: Job, index: int, folder: RunFolder, options: RunOptions, progre
 
     env = dict(os.environ, PYTHONPATH=str(backends.PROJECT_ROOT), **thread_environment(options.threads))
     request = {"job": job.to_dict(), "data_dir": str(options.data_dir), "threads": options.threads}
+    if options.bench_timing:
+        request["bench_timing"] = True
     log_path = folder.log_path(job)
     with open(log_path, "w") as log:
         process = subprocess.Popen([info.interpreter, "-m", "backends.worker", "run"], stdin=subprocess.PIPE,
