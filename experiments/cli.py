@@ -127,7 +127,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     analysis.write(experiment.name, out)
     print()
     print(side_by_side(rows))
-    print(f"\nresults in {out}/ (epochs.csv, summary.csv, meta.json)")
+    written = sorted(path.name for path in Path(out).iterdir() if path.is_file())
+    print(f"\nresults in {out}/: {', '.join(written)}")
     return 0 if any(row["status"] == "ok" for row in rows) else 1
 
 

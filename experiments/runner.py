@@ -130,6 +130,11 @@ def run_job(job: Job, index: int, folder: RunFolder, options: RunOptions, progre
                                 f"{_bar(event['epoch'], job.train.epochs)} val_acc {event['val_acc']:.4f} "
                                 f"{event['epoch_seconds']:.2f} s/epoch")
             elif kind == "record":
+                clash = sorted(set(event["row"]) & (set(keys["keys"]) | set(keys["params"])))
+                if clash:  # a probe bug; overwriting the job's own columns would corrupt the table silently
+                    process.kill()
+                    error = f"probe row for {event['table']}.csv repeats the job columns {', '.join(clash)}"
+                    break
                 folder.append(event["table"], dict(keys["keys"], **event["row"], **keys["params"]))
             elif kind == "done":
                 end = event
