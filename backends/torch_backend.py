@@ -1,0 +1,446 @@
+"""PyTorch backend: D2L's dropout MLP with ``nn.Linear``/``nn.ReLU``/``nn.Dropout`` (concise) or the section's
+``dropout_layer`` (scratch), trained by plain SGD.
+
+Randomness. Every draw comes from one stream per backend: ``self.generator``, a ``torch.Generator`` on the model's
+device seeded with ``base.noise_seed(seed)``. The scratch ``dropout_layer`` and the other noise kinds draw from it
+explicitly. ``nn.Dropout`` (and inductor's compiled dropout) cannot take a generator: they draw from the device's
+default generator. Around every call that may run them, ``_native_rng`` swaps the backend's state into the default
+generator and swaps the advanced state back out afterwards, restoring the caller's global state. So the concise path
+is reproducible (same seed, same masks, whatever ``torch.manual_seed`` said before), isolated (a training step leaves
+the global RNG as it found it) and still one stream (consecutive steps draw new masks). Reseeding the default
+generator from ours at every step would also be reproducible, but would cost a draw per step and would still have to
+restore the caller's state to be isolated; the swap is four small state copies per call (per epoch in train_epoch).
+
+Modes. ``eager``: autograd (``torch.autograd.grad``) and a foreach SGD update under ``no_grad`` that does what
+``torch.optim.SGD`` with parameter groups does (weight decay on kernels only, D2L's weight-decay recipe), without the
+optimizer's per-step Python. ``compiled``: the whole training step (forward, backward through
+``torch.func.grad_and_value``, SGD update) is one ``torch.compile`` graph, compiled per batch shape (the full batches
+and the last partial one), so the first epoch carries the compile time. Dynamo cannot trace ``generator=``
+arguments (graph break), so in compiled mode the backend's own draws (scratch dropout, dropconnect, Gaussian noise) are
+made eagerly just before the compiled call, with the same calls in the same order as eager mode; concise dropout is
+drawn inside the graph from the swapped-in default generator (on the CPU inductor calls ``aten.bernoulli_`` there, so
+compiled draws the same masks as eager; on CUDA inductor may draw its own Philox numbers from the same swapped-in
+generator, so compiled masks may differ from eager ones there while staying seeded and isolated).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import types
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from backends import base
+from backends.base import EpochBatches, EpochMetrics, EvalMetrics, Params
+from experiments.spec import ModelSpec
+
+NATIVE = "native"  # a hidden layer's noise entry: draw with the model's own dropout (nn.Dropout / dropout_layer)
+
+
+# --------------------------------------------------------------------------------------------------- the section's code
+def keep_mask(shape, dropout: float, *, generator: torch.Generator | None, device, dtype=torch.float32):
+    """D2L's mask ``(rand(X.shape) > dropout).float()``, drawn ON ``device`` (D2L draws it on the CPU: bug B3)."""
+    return (torch.rand(shape, generator=generator, device=device, dtype=dtype) > dropout).to(dtype)
+
+
+def dropout_layer(X: torch.Tensor, dropout: float, *, generator: torch.Generator | None = None,
+                  keep: torch.Tensor | None = None) -> torch.Tensor:
+    """The section's ``dropout_layer``: keep where u > p, scale by 1/(1-p); p = 1 gives zeros and p = 0 is the exact
+    identity (D2L's ``u > 0`` would drop with probability 2**-24). ``keep`` injects the 0/1 mask instead of drawing."""
+    assert 0 <= dropout <= 1
+    if dropout == 1:
+        return torch.zeros_like(X)
+    if dropout == 0:
+        return X
+    if keep is None:
+        keep = keep_mask(X.shape, dropout, generator=generator, device=X.device, dtype=X.dtype)
+    return keep * X / (1.0 - dropout)
+
+
+def _keep_scale(p: float) -> float:
+    return 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
+
+
+class _NoisyMLP(nn.Module):
+    """The forward pass both implementations share; ``_activation_noise`` is where they differ.
+
+    ``noise`` is None (noise off) or one entry per hidden layer: ``NATIVE`` (draw with the model's own dropout) or a
+    tensor holding the draw (a 0/1 keep mask for dropout and dropconnect, in torch's (out, in) layout for the latter;
+    N(0, 1) for gaussian and additive). ``tape``, if given, collects the hidden activations."""
+
+    def __init__(self, model: ModelSpec) -> None:
+        super().__init__()
+        self.kind = model.noise
+        self.dropouts = tuple(model.dropouts)
+        self.num_hidden = len(model.hiddens)
+
+    def linears(self) -> list[nn.Linear]:
+        raise NotImplementedError
+
+    def _activation_noise(self, i: int, H: torch.Tensor, entry) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _noisy_weight(self, i: int, W: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return W * (keep * _keep_scale(self.dropouts[i]))
+
+    def forward(self, X: torch.Tensor, noise=None, tape: dict | None = None) -> torch.Tensor:
+        H = X.reshape(X.shape[0], -1)
+        for i, linear in enumerate(self.linears()):
+            if noise is not None and self.kind == "dropconnect" and i > 0:
+                Z = F.linear(H, self._noisy_weight(i - 1, linear.weight, noise[i - 1]), linear.bias)
+            else:
+                Z = linear(H)
+            if i == self.num_hidden:
+                return Z
+            H = self.relu(Z)
+            if tape is not None:
+                tape[f"hidden_{i}/pre_noise"] = H
+            if noise is not None and self.kind != "dropconnect":
+                H = self._activation_noise(i, H, noise[i])
+            if tape is not None:
+                tape[f"hidden_{i}/post_noise"] = H
+        raise AssertionError("unreachable")
+
+    def _other_noise(self, i: int, H: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        p = self.dropouts[i]
+        if self.kind == "gaussian":
+            return H * (1.0 + math.sqrt(p / (1.0 - p)) * z)
+        return H + p * z  # additive
+
+
+class DropoutMLP(_NoisyMLP):
+    """D2L's concise model: ``nn.Sequential(Flatten, Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear)``."""
+
+    def __init__(self, model: ModelSpec, device) -> None:
+        super().__init__(model)
+        sizes = model.layer_sizes
+        layers: list[nn.Module] = [nn.Flatten()]
+        for i, p in enumerate(model.dropouts):
+            layers += [nn.Linear(sizes[i], sizes[i + 1], device=device), nn.ReLU(), nn.Dropout(p)]
+        layers.append(nn.Linear(sizes[-2], sizes[-1], device=device))
+        self.net = nn.Sequential(*layers)
+        self.relu = self.net[2]
+        self._linears = [m for m in self.net if isinstance(m, nn.Linear)]
+        self._dropout_layers = [m for m in self.net if isinstance(m, nn.Dropout)]
+
+    def linears(self) -> list[nn.Linear]:
+        return self._linears
+
+    def _activation_noise(self, i, H, entry):
+        if self.kind == "dropout":
+            if isinstance(entry, str):  # NATIVE: the framework's own layer (global RNG, see _native_rng)
+                return self._dropout_layers[i](H)
+            return H * (entry * _keep_scale(self.dropouts[i]))  # injected: bypass nn.Dropout
+        return self._other_noise(i, H, entry)
+
+
+class DropoutMLPScratch(_NoisyMLP):
+    """D2L's scratch model: three ``nn.Linear`` and ``dropout_layer`` after each hidden ReLU."""
+
+    def __init__(self, model: ModelSpec, device) -> None:
+        super().__init__(model)
+        sizes = model.layer_sizes
+        self.lins = nn.ModuleList(nn.Linear(a, b, device=device) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.relu = nn.ReLU()
+        self.generator: torch.Generator | None = None  # set by the backend: its noise stream
+
+    def linears(self) -> list[nn.Linear]:
+        return list(self.lins)
+
+    def _activation_noise(self, i, H, entry):
+        if self.kind == "dropout":
+            if isinstance(entry, str):  # NATIVE: the section's dropout_layer, drawing from the backend's generator
+                return dropout_layer(H, self.dropouts[i], generator=self.generator)
+            return dropout_layer(H, self.dropouts[i], keep=entry)
+        return self._other_noise(i, H, entry)
+
+    def _noisy_weight(self, i, W, keep):  # dropconnect is the section's dropout_layer applied to the weights
+        return dropout_layer(W, self.dropouts[i], keep=keep)
+
+
+# ----------------------------------------------------------------------------------------------------------- training
+def sgd_update(params: list[torch.Tensor], grads: list[torch.Tensor], *, lr: float, weight_decay: float) -> None:
+    """``torch.optim.SGD`` with weight decay on the kernels only (D2L's parameter-group recipe): kernel gradients gain
+    wd * W, then p -= lr * g, in place. ``params`` alternate kernel, bias. Call it under no_grad."""
+    if weight_decay:
+        grads[0::2] = torch._foreach_add(grads[0::2], params[0::2], alpha=float(weight_decay))
+    torch._foreach_add_(params, grads, alpha=-float(lr))
+
+
+_STEP_CODES: dict[tuple, types.CodeType] = {}
+
+
+def _own_code(function: types.FunctionType, key: tuple) -> types.FunctionType:
+    """``function`` with a code object of its own per configuration ``key``. Dynamo caches graphs on the code object
+    and falls back to eager after 8 recompiles of one code object; every backend built in one process (the parity
+    ladder builds dozens) would share one. Backends with the same configuration still share their graphs."""
+    code = _STEP_CODES.get(key)
+    if code is None:
+        code = _STEP_CODES[key] = function.__code__.replace(co_name=f"{function.__name__}_{len(_STEP_CODES)}")
+    return types.FunctionType(code, function.__globals__, code.co_name, function.__defaults__, function.__closure__)
+
+
+class Backend(base.Backend):
+    name = "torch"
+    framework = "torch"
+    capabilities = base.Capabilities(modes=("eager", "compiled"), devices=("cpu", "gpu"))
+
+    def __init__(self, *, model, train, threads=None) -> None:
+        super().__init__(model=model, train=train, threads=threads)
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        if train.device == "gpu":
+            if not torch.cuda.is_available():
+                raise ValueError(f"device gpu needs CUDA, which torch {torch.__version__} cannot see here; "
+                                 f"use --device cpu")
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            self.device = torch.device("cpu")
+        self._train_cache: tuple | None = None
+        self._eval_cache: tuple | None = None
+
+    # --- build / params ------------------------------------------------------------------------------------------
+    def build(self, *, seed, params=None) -> None:
+        model_class = DropoutMLP if self.model.impl == "concise" else DropoutMLPScratch
+        with torch.device("meta"):  # no default init: it would draw from (and advance) the global RNG
+            net = model_class(self.model, device="meta")
+        self.net = net.to_empty(device=self.device)  # keeps the module objects, so the lists of layers stay valid
+        self.linears = self.net.linears()
+        self.kernels = [linear.weight for linear in self.linears]
+        self.params = [p for linear in self.linears for p in (linear.weight, linear.bias)]
+        if params is not None:
+            self.set_params(params=params)
+        else:
+            self._framework_init(seed)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(base.noise_seed(seed))
+        if isinstance(self.net, DropoutMLPScratch):
+            self.net.generator = self.generator
+        self._default_generator = (torch.cuda.default_generators[self.device.index] if self.device.type == "cuda"
+                                   else torch.default_generator)
+        self._compiled = self._make_compiled_step() if self.train.mode == "compiled" else None
+
+    def _framework_init(self, seed: int) -> None:
+        """``nn.Linear.reset_parameters`` (kaiming_uniform a=sqrt(5), bias U(+-1/sqrt(fan_in))), layer by layer, from
+        a generator seeded with ``seed`` instead of the global RNG; drawn on the CPU so every device gets the same."""
+        init_generator = torch.Generator().manual_seed(int(seed))
+        with torch.no_grad():
+            for linear in self.linears:
+                weight = torch.empty(linear.weight.shape)
+                nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=init_generator)
+                bias = torch.empty(linear.bias.shape)
+                bound = 1.0 / math.sqrt(linear.in_features)
+                nn.init.uniform_(bias, -bound, bound, generator=init_generator)
+                linear.weight.copy_(weight)
+                linear.bias.copy_(bias)
+
+    def get_params(self) -> Params:
+        out: Params = {}
+        for i, linear in enumerate(self.linears):
+            out[f"dense_{i}/kernel"] = linear.weight.detach().T.to("cpu", copy=True).contiguous().numpy()
+            out[f"dense_{i}/bias"] = linear.bias.detach().to("cpu", copy=True).numpy()
+        return out
+
+    def set_params(self, *, params: Mapping[str, np.ndarray]) -> None:
+        base.check_params(self.model, params)
+        with torch.no_grad():
+            for i, linear in enumerate(self.linears):
+                kernel = np.asarray(params[f"dense_{i}/kernel"], dtype=np.float32)
+                linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel.T)))
+                linear.bias.copy_(torch.from_numpy(np.asarray(params[f"dense_{i}/bias"], dtype=np.float32).copy()))
+
+    # --- noise ---------------------------------------------------------------------------------------------------
+    def _tensor(self, array, dtype=torch.float32) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(array)).to(device=self.device, dtype=dtype)
+
+    def _injected(self, masks: Sequence[np.ndarray]) -> tuple:
+        entries = [self._tensor(m) for m in masks]
+        if self.model.noise == "dropconnect":  # canonical (in, out) -> torch weight layout (out, in)
+            entries = [e.T for e in entries]
+        return tuple(entries)
+
+    def _uses_native(self) -> bool:
+        """Whether the native path draws inside the model (else the backend pre-draws every entry)."""
+        return self.model.noise == "dropout" and (self.model.impl == "concise" or self._compiled is None)
+
+    def _draw(self, batch_size: int) -> tuple:
+        """The backend's own draws for one step, made before the forward pass from ``self.generator``."""
+        entries = []
+        shapes = base.noise_shapes(self.model, batch_size)
+        for shape, p in zip(shapes, self.model.dropouts):
+            if self.model.noise in ("dropout", "dropconnect"):
+                if p in (0.0, 1.0):  # nothing to draw (dropout_layer's early returns); the scale does the rest
+                    entry = torch.full(shape, 1.0 if p == 0 else 0.0, device=self.device)
+                else:
+                    entry = keep_mask(shape, p, generator=self.generator, device=self.device)
+                entries.append(entry.T if self.model.noise == "dropconnect" else entry)
+            else:
+                entries.append(torch.randn(shape, generator=self.generator, device=self.device))
+        return tuple(entries)
+
+    def _noise_for(self, batch_size: int, masks) -> tuple:
+        if masks is not None:
+            return self._injected(masks)
+        if self._uses_native():
+            return (NATIVE,) * len(self.model.hiddens)
+        return self._draw(batch_size)
+
+    @contextlib.contextmanager
+    def _native_rng(self, noise):
+        """Run nn.Dropout / inductor's dropout (which draw from the default generator) on the backend's stream, and
+        leave the caller's global RNG state as it was. Only native entries draw inside, so nothing else touches
+        ``self.generator`` meanwhile."""
+        if noise is None or not any(isinstance(entry, str) for entry in noise) or self.model.impl != "concise":
+            yield
+            return
+        default = self._default_generator
+        outside = default.get_state()
+        default.set_state(self.generator.get_state())
+        try:
+            yield
+        finally:
+            self.generator.set_state(default.get_state())
+            default.set_state(outside)
+
+    # --- forward / gradients -------------------------------------------------------------------------------------
+    def _x(self, x) -> torch.Tensor:
+        return self._tensor(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
+
+    def _y(self, y) -> torch.Tensor:
+        return self._tensor(y, dtype=torch.int64)
+
+    def forward(self, *, x, train, masks=None) -> np.ndarray:
+        noise = self._noise_for(len(x), masks) if train else None
+        self.net.train(train)
+        with torch.no_grad(), self._native_rng(noise):
+            logits = self.net(self._x(x), noise)
+        return logits.cpu().numpy()
+
+    def loss_and_grads(self, *, x, y, masks=None) -> tuple[float, Params]:
+        noise = self._noise_for(len(x), masks)
+        self.net.train(True)
+        with self._native_rng(noise):
+            loss = F.cross_entropy(self.net(self._x(x), noise), self._y(y))
+        # allow_unused: at p = 1 dropout_layer returns zeros_like(X), cut off from the layers before it (gradient 0)
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True, materialize_grads=True)
+        out: Params = {}
+        for i in range(len(self.linears)):
+            out[f"dense_{i}/kernel"] = grads[2 * i].T.cpu().contiguous().numpy()
+            out[f"dense_{i}/bias"] = grads[2 * i + 1].cpu().numpy()
+        return float(loss.detach()), out
+
+    def activations(self, *, x, train, masks=None) -> dict[str, np.ndarray]:
+        noise = self._noise_for(len(x), masks) if train else None
+        tape: dict[str, torch.Tensor] = {}
+        self.net.train(train)
+        with torch.no_grad(), self._native_rng(noise):
+            self.net(self._x(x), noise, tape)
+        return {k: v.cpu().numpy().astype(np.float32, copy=True) for k, v in tape.items()}
+
+    # --- training ------------------------------------------------------------------------------------------------
+    def _eager_step(self, xb: torch.Tensor, yb: torch.Tensor, noise: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(xb, noise)
+        loss = F.cross_entropy(logits, yb)
+        # autograd.grad instead of backward() + optimizer.step(): no .grad bookkeeping (zero_grad, AccumulateGrad)
+        # and no optimizer Python per step, about a tenth of an eager step on this CPU. allow_unused: at p = 1
+        # dropout_layer returns zeros_like(X), cut off from the layers before it; their gradient is 0, and weight
+        # decay must still reach their kernels (SGD would skip a parameter whose grad is None).
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True, materialize_grads=True)
+        with torch.no_grad():
+            sgd_update(self.params, list(grads), lr=self.train.lr, weight_decay=self.train.weight_decay)
+        return loss.detach(), (logits.detach().argmax(dim=1) == yb).sum()
+
+    def _make_compiled_step(self):
+        net, lr, weight_decay = self.net, float(self.train.lr), float(self.train.weight_decay)
+        names = [name for name, _ in net.named_parameters()]
+        assert all(a is b for (_, a), b in zip(net.named_parameters(), self.params)), "kernel, bias, kernel, ..."
+
+        def torch_train_step(params, xb, yb, noise):
+            def loss_fn(values):
+                logits = torch.func.functional_call(net, dict(zip(names, values)), (xb, noise))
+                return F.cross_entropy(logits, yb), logits
+
+            grads, (loss, logits) = torch.func.grad_and_value(loss_fn, has_aux=True)(params)
+            sgd_update(params, list(grads), lr=lr, weight_decay=weight_decay)  # as eager; params alias the weights
+            return loss, (logits.argmax(dim=1) == yb).sum()
+
+        key = (self.model, self.train.lr, self.train.weight_decay, self.device.type)
+        step = torch.compile(_own_code(torch_train_step, key), dynamic=False)
+        # grad_and_value differentiates w.r.t. its inputs: give it detached aliases (sharing storage) so the graph
+        # holds no outer autograd state and the in-place update lands in the module's parameters.
+        detached = [p.detach() for _, p in net.named_parameters()]
+
+        def run(xb, yb, noise):
+            with torch.no_grad():
+                return step(detached, xb, yb, noise)
+
+        return run
+
+    def _step(self, xb, yb, noise):
+        if self._compiled is not None:
+            return self._compiled(xb, yb, noise)
+        return self._eager_step(xb, yb, noise)
+
+    def train_step(self, *, x, y, masks=None) -> float:
+        noise = self._noise_for(len(x), masks)
+        self.net.train(True)
+        with self._native_rng(noise):
+            loss, _ = self._step(self._x(x), self._y(y), noise)
+        return float(loss)
+
+    def _training_set(self, batches: EpochBatches) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole training split as tensors, made once per array (``from_numpy``: no copy on the CPU)."""
+        cache = self._train_cache
+        if cache is None or cache[0] is not batches.x or cache[1] is not batches.y:
+            x = batches.x
+            if not (x.dtype == np.float32 and x.flags.c_contiguous):
+                x = np.ascontiguousarray(x, dtype=np.float32)
+            xt = torch.from_numpy(x.reshape(len(x), -1)).to(self.device)
+            yt = torch.from_numpy(np.asarray(batches.y).astype(np.int64)).to(self.device)  # cross_entropy wants int64
+            cache = self._train_cache = (batches.x, batches.y, xt, yt)
+        return cache[2], cache[3]
+
+    def train_epoch(self, *, batches: EpochBatches) -> EpochMetrics:
+        xt, yt = self._training_set(batches)
+        order = torch.from_numpy(np.asarray(batches.order, dtype=np.int64)).to(self.device)
+        n, size = len(order), batches.batch_size
+        steps = len(batches)
+        losses = torch.zeros(steps, dtype=torch.float32, device=self.device)
+        correct = torch.zeros(steps, dtype=torch.int64, device=self.device)
+        native = (NATIVE,) * len(self.model.hiddens) if self._uses_native() else None
+        self.net.train(True)
+        with self._native_rng(native):
+            for k, start in enumerate(range(0, n, size)):
+                idx = order[start:start + size]
+                noise = native if native is not None else self._draw(len(idx))
+                loss, hits = self._step(xt.index_select(0, idx), yt.index_select(0, idx), noise)
+                losses[k] = loss
+                correct[k] = hits
+        counts = torch.full((steps,), float(size), dtype=torch.float64, device=self.device)
+        counts[-1] = n - size * (steps - 1)
+        loss_sum = float((losses.double() * counts).sum())  # the one host read: waits for the epoch's work
+        return EpochMetrics(loss=loss_sum / n, acc=int(correct.sum()) / n)
+
+    def evaluate(self, *, x, y) -> EvalMetrics:
+        cache = self._eval_cache  # the split is the same arrays every epoch: convert (and move) it once
+        if cache is None or cache[0] is not x or cache[1] is not y:
+            cache = self._eval_cache = (x, y, self._x(x), self._y(y))
+        xt, yt = cache[2], cache[3]
+        self.net.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        hits = torch.zeros((), dtype=torch.int64, device=self.device)
+        with torch.no_grad():
+            for start in range(0, len(xt), 10_000):
+                xb, yb = xt[start:start + 10_000], yt[start:start + 10_000]
+                logits = self.net(xb)
+                loss_sum += F.cross_entropy(logits.double(), yb, reduction="sum")
+                hits += (logits.argmax(dim=1) == yb).sum()
+        return EvalMetrics(loss=float(loss_sum) / len(xt), acc=int(hits) / len(xt))
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)

@@ -1,0 +1,208 @@
+"""What the parity ladder cannot see in the PyTorch backend: where the scratch mask lives, RNG isolation from torch's
+global generator, the GPU error on a CPU-only machine, the framework init, the cached training set, and eager vs
+compiled agreement."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from backends import base  # noqa: E402
+from backends import torch_backend as tb  # noqa: E402
+from experiments.spec import ModelSpec, TrainSpec  # noqa: E402
+
+SMALL = dict(num_inputs=20, hiddens=(32, 24), num_outputs=5)
+
+
+def make(model: ModelSpec, train: TrainSpec | None = None, seed: int = 0, shared: bool = True) -> tb.Backend:
+    backend = tb.Backend(model=model, train=train or TrainSpec(), threads=2)
+    backend.build(seed=seed, params=base.shared_init(model, seed) if shared else None)
+    return backend
+
+
+def batch(n: int = 64, seed: int = 0, inputs: int = 20, classes: int = 5):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, inputs), dtype=np.float32), rng.integers(0, classes, n).astype(np.int32)
+
+
+# --- B3: the scratch mask is drawn on the input's device ---------------------------------------------------------
+def test_dropout_layer_draws_its_mask_on_the_input_device():
+    # A meta tensor stands in for a GPU tensor: D2L's `torch.rand(X.shape)` makes a CPU mask, and `mask * X` then
+    # fails with "Tensor on device meta is not on the expected device cpu".
+    X = torch.ones(2, 8, device="meta")
+    out = tb.dropout_layer(X, 0.5, generator=torch.Generator().manual_seed(0))
+    assert out.device.type == "meta" and out.shape == X.shape
+    assert tb.keep_mask((3, 4), 0.5, generator=None, device="meta").device.type == "meta"
+    with pytest.raises(RuntimeError):  # the check above can fail: a CPU mask cannot meet a meta X
+        (torch.rand(X.shape) > 0.5).float() * X
+
+
+def test_scratch_model_native_dropout_stays_on_the_input_device():
+    model = ModelSpec(impl="scratch", **SMALL)
+    net = tb.DropoutMLPScratch(model, device="meta")
+    net.generator = torch.Generator().manual_seed(0)
+    tape: dict = {}
+    logits = net(torch.ones(4, 20, device="meta"), (tb.NATIVE, tb.NATIVE), tape)
+    assert logits.device.type == "meta" and logits.shape == (4, 5)
+    assert all(v.device.type == "meta" for v in tape.values())
+
+
+def test_backend_generator_lives_on_the_model_device():
+    backend = make(ModelSpec(impl="scratch", **SMALL))
+    assert backend.generator.device == backend.kernels[0].device
+    assert backend.net.generator is backend.generator
+
+
+# --- RNG isolation and reproducibility -----------------------------------------------------------------------------
+@pytest.mark.parametrize("impl", ("concise", "scratch"))
+def test_native_training_leaves_the_global_rng_alone(impl):
+    backend = make(ModelSpec(impl=impl, **SMALL))
+    x, y = batch()
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    backend.train_step(x=x, y=y)
+    backend.activations(x=x, train=True)
+    backend.train_epoch(batches=base.EpochBatches(x=x, y=y, order=np.arange(64), batch_size=16))
+    assert torch.equal(torch.get_rng_state(), before), "a native step drew from torch's global RNG"
+
+
+@pytest.mark.parametrize("impl", ("concise", "scratch"))
+def test_global_seed_does_not_reach_the_backend_masks(impl):
+    x, y = batch()
+
+    def run(global_seed):
+        torch.manual_seed(global_seed)
+        backend = make(ModelSpec(impl=impl, **SMALL), seed=5)
+        torch.manual_seed(global_seed + 1)
+        losses = [backend.train_step(x=x, y=y) for _ in range(3)]
+        dropped = backend.activations(x=x, train=True)["hidden_0/post_noise"] == 0
+        return losses, dropped
+
+    losses, dropped = run(1)
+    losses_other, dropped_other = run(999)
+    assert losses == losses_other
+    np.testing.assert_array_equal(dropped, dropped_other)
+    assert len(set(losses)) == 3, "consecutive steps must draw new masks"
+
+
+# --- device --------------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is visible here")
+def test_gpu_without_cuda_is_a_one_line_error():
+    with pytest.raises(ValueError) as info:
+        tb.Backend(model=ModelSpec(), train=TrainSpec(device="gpu"))
+    message = str(info.value)
+    assert "\n" not in message
+    assert message == (f"device gpu needs CUDA, which torch {torch.__version__} cannot see here; use --device cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("impl", ("concise", "scratch"))
+def test_gpu_matches_cpu_and_leaves_the_cuda_rng_alone(impl):
+    model = ModelSpec(impl=impl, **SMALL)
+    gpu, cpu = make(model, TrainSpec(device="gpu")), make(model)
+    x, y = batch()
+    masks = base.draw_masks(model, len(x), np.random.default_rng(0))
+    for backend in (gpu, cpu):
+        backend.train_step(x=x, y=y, masks=masks)
+    for key, value in cpu.get_params().items():
+        np.testing.assert_allclose(gpu.get_params()[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+    before = torch.cuda.get_rng_state()
+    gpu.train_epoch(batches=base.EpochBatches(x=x, y=y, order=np.arange(64), batch_size=16))
+    assert torch.equal(torch.cuda.get_rng_state(), before)
+    assert gpu.generator.device.type == "cuda"
+
+
+# --- init and data path --------------------------------------------------------------------------------------------
+def test_framework_init_is_nn_linear_default_under_that_seed():
+    model = ModelSpec(init="framework")
+    params = make(model, seed=7, shared=False).get_params()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)  # what D2L's torch tab gets: nn.Linear's reset_parameters, layer after layer
+        layers = [torch.nn.Linear(a, b) for a, b in zip(model.layer_sizes[:-1], model.layer_sizes[1:])]
+    for i, layer in enumerate(layers):
+        np.testing.assert_array_equal(params[f"dense_{i}/kernel"], layer.weight.detach().numpy().T)
+        np.testing.assert_array_equal(params[f"dense_{i}/bias"], layer.bias.detach().numpy())
+    bound = 1 / math.sqrt(784)
+    assert np.abs(params["dense_0/kernel"]).max() <= bound
+
+
+def test_training_set_is_shared_with_numpy_and_cached():
+    backend = make(ModelSpec(**SMALL))
+    x, y = batch(n=100)
+    order = np.random.default_rng(0).permutation(100)
+    backend.train_epoch(batches=base.EpochBatches(x=x, y=y, order=order, batch_size=32))
+    xt = backend._train_cache[2]
+    assert xt.data_ptr() == x.ctypes.data, "the training set was copied"
+    backend.train_epoch(batches=base.EpochBatches(x=x, y=y, order=order[::-1].copy(), batch_size=32))
+    assert backend._train_cache[2] is xt, "the training set was converted again"
+
+
+def test_epoch_metrics_weight_the_partial_batch():
+    model = ModelSpec(dropouts=(0.0, 0.0), **SMALL)
+    x, y = batch(n=50)
+    order = np.arange(50)
+    epoch = make(model).train_epoch(batches=base.EpochBatches(x=x, y=y, order=order, batch_size=32))
+    stepper = make(model)
+    losses = [stepper.train_step(x=x[:32], y=y[:32]), stepper.train_step(x=x[32:], y=y[32:])]
+    assert epoch.loss == pytest.approx((losses[0] * 32 + losses[1] * 18) / 50, rel=1e-6)
+
+
+def test_p1_still_decays_the_kernels_it_cuts_off():
+    """At p = 1 dropout_layer returns zeros_like(X): no gradient reaches layer 0, but weight decay still must (the
+    oracle adds wd * W to a zero gradient; torch's SGD would skip a parameter whose grad is None)."""
+    from backends.numpy_ref import Oracle
+
+    model = ModelSpec(impl="scratch", dropouts=(1.0, 1.0), **SMALL)
+    train = TrainSpec(weight_decay=0.1)
+    x, y = batch()
+    backend, oracle = make(model, train), Oracle(model=model, train=train)
+    oracle.build(seed=0, params=base.shared_init(model, 0))
+    for _ in range(2):
+        backend.train_step(x=x, y=y)
+        oracle.train_step(x=x, y=y)
+    for key, value in oracle.get_params().items():
+        np.testing.assert_allclose(backend.get_params()[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
+    assert not np.array_equal(backend.get_params()["dense_0/kernel"], base.shared_init(model, 0)["dense_0/kernel"])
+
+
+# --- eager vs compiled -------------------------------------------------------------------------------------------
+def test_eager_and_compiled_agree():
+    """Same params after the same steps: concise with injected masks; scratch with its own draws (compiled mode
+    draws them before the graph with the same calls, so both modes see the same masks). Also: a compiled native
+    step leaves the global RNG alone."""
+    x, y = batch(n=48)
+    for impl, inject in (("concise", True), ("scratch", False)):
+        model = ModelSpec(impl=impl, **SMALL)
+        train = dict(weight_decay=1e-2)
+        eager = make(model, TrainSpec(mode="eager", **train), seed=3)
+        compiled = make(model, TrainSpec(mode="compiled", **train), seed=3)
+        rng = np.random.default_rng(0)
+        for step in range(3):
+            masks = base.draw_masks(model, len(x), rng) if inject else None
+            torch.manual_seed(step)
+            before = torch.get_rng_state()
+            loss_e = eager.train_step(x=x, y=y, masks=masks)
+            loss_c = compiled.train_step(x=x, y=y, masks=masks)
+            assert torch.equal(torch.get_rng_state(), before)
+            assert loss_c == pytest.approx(loss_e, rel=1e-5), f"{impl} step {step}"
+        params_e, params_c = eager.get_params(), compiled.get_params()
+        for key, value in params_e.items():
+            scale = np.abs(value).max()
+            assert np.abs(params_c[key] - value).max() <= 1e-5 * scale, f"{impl} {key}"
+        assert not np.array_equal(params_e["dense_0/kernel"], base.shared_init(model, 3)["dense_0/kernel"])
+    # concise compiled draws nn.Dropout's masks inside the graph (inductor, from the swapped-in default generator)
+    model = ModelSpec(impl="concise", **SMALL)
+
+    def compiled_native_losses(global_seed):
+        backend = make(model, TrainSpec(mode="compiled"), seed=4)
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        losses = [backend.train_step(x=x, y=y) for _ in range(3)]
+        assert torch.equal(torch.get_rng_state(), before), "a compiled native step drew from the global RNG"
+        return losses
+
+    losses = compiled_native_losses(1)
+    assert losses == compiled_native_losses(2) and len(set(losses)) == 3
