@@ -14,20 +14,20 @@ NumPy is imported) and with the rest of the environment exactly as the jobs get 
 
 The GEMMs of one step are the model's own shapes, at the model's own batch (``step_gemms``): per dense layer
 ``l`` (in_l -> out_l) the forward product X_l W_l (B x in_l @ in_l x out_l), the kernel gradient X_l^T dZ_l
-(in_l x B @ B x out_l) and, for every layer but the first, the input gradient dZ_l W_l^T (B x out_l @ out_l x in_l).
-The first layer's input gradient (the gradient w.r.t. the images) is needed by nobody and computed by no framework,
-so it is not counted. Elementwise work (bias, ReLU, dropout, softmax, the SGD update) is not counted either: the
+(in_l x B @ B x out_l) and the input gradient dZ_l W_l^T (B x out_l @ out_l x in_l): forward plus backward of every
+dense layer, the count issue 8 and ``shared/reference/baselines.md`` use. No framework computes the first layer's input
+gradient (the gradient w.r.t. the images), so a backend could in principle run below 1.0x the floor, by at most that
+product's share (about a quarter of the step); the per-GEMM table in bench.md shows it. Elementwise work (bias, ReLU, dropout, softmax, the SGD update) is not counted either: the
 floor is the dense algebra alone, at the rate this machine's NumPy BLAS reaches on exactly these shapes.
 
     FLOPs of one step = 2B * sum_l in_l*out_l        (forward)
                       + 2B * sum_l in_l*out_l        (kernel gradients)
-                      + 2B * sum_{l>=2} in_l*out_l   (input gradients of layers 2..L)
-                      = 3 * forward - 2B * in_1*out_1
+                      + 2B * sum_l in_l*out_l        (input gradients)
+                      = 3 * forward
 
-For 784-256-256-10 that is 1,211,392 FLOPs per example, 72.7 GFLOP per 60,000-example epoch. The reference note
-(``shared/reference/baselines.md``) counts 96.6 GFLOP: 3x forward, i.e. including the first layer's input gradient,
-over 234 full batches (its bare loops drop the last partial batch; the harness keeps it: 96.8 GFLOP by that count).
-The floor does not depend on that count: it is the measured time of the products themselves; the rate
+For 784-256-256-10 that is 1,612,800 FLOPs per example, 96.8 GFLOP per 60,000-example epoch (the reference note's
+96.6 GFLOP is over 234 full batches: its bare loops drop the last partial batch, the harness keeps it).
+The floor is the measured time of the products themselves; the rate
 (FLOPs / time) is reported for comparison with the note's 185-205 GFLOP/s.
 
 Each GEMM is timed as ``numpy.matmul(a, b, out=c)`` on float32 operands laid out as a framework has them (the
@@ -76,17 +76,16 @@ def step_gemms(sizes: Sequence[int], batch: int) -> list[dict[str, Any]]:
         gemms.append(dict(name=f"forward {l}: X{l} W{l}", m=batch, k=fan_in, n=fan_out, ta=False, tb=False))
     for l, (fan_in, fan_out) in reversed(list(enumerate(layers, start=1))):
         gemms.append(dict(name=f"kernel grad {l}: X{l}^T dZ{l}", m=fan_in, k=batch, n=fan_out, ta=True, tb=False))
-        if l > 1:  # the first layer's input gradient (w.r.t. the images) is never needed
-            gemms.append(dict(name=f"input grad {l}: dZ{l} W{l}^T", m=batch, k=fan_out, n=fan_in, ta=False, tb=True))
+        gemms.append(dict(name=f"input grad {l}: dZ{l} W{l}^T", m=batch, k=fan_out, n=fan_in, ta=False, tb=True))
     for gemm in gemms:
         gemm["flops"] = 2 * gemm["m"] * gemm["k"] * gemm["n"]
     return gemms
 
 
 def step_flops(sizes: Sequence[int], batch: int) -> int:
-    """FLOPs of one training step, as the formula: 3 x forward, less the first layer's input gradient."""
+    """FLOPs of one training step, as the formula: forward, kernel gradients and input gradients = 3 x forward."""
     forward = 2 * batch * sum(i * o for i, o in zip(sizes[:-1], sizes[1:]))
-    return 3 * forward - 2 * batch * sizes[0] * sizes[1]
+    return 3 * forward
 
 
 def epoch_flops(sizes: Sequence[int], n_train: int) -> int:
@@ -94,9 +93,6 @@ def epoch_flops(sizes: Sequence[int], n_train: int) -> int:
     return step_flops(sizes, 1) * n_train
 
 
-def baseline_note_epoch_flops(sizes: Sequence[int], n_train: int) -> int:
-    """``baselines.md``'s count, for comparison: 3 x forward, the first layer's input gradient included."""
-    return 2 * sum(i * o for i, o in zip(sizes[:-1], sizes[1:])) * 3 * n_train
 
 
 # ---------------------------------------------------------------------------------------------------- the floor
@@ -379,13 +375,12 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any],
                   f"Measured in its own process with the jobs' environment and threads ({floor['threads']}), under "
                   f"{floor['interpreter']} (NumPy {floor['numpy']}; BLAS: {blas_line(floor['blas'])}). "
                   f"Environment: {env}.", "",
-                  "Counted: per layer the forward product, the kernel gradient, and the input gradient of every layer "
-                  "but the first (nobody needs the gradient w.r.t. the images); elementwise work is not counted. "
-                  f"That is {step_flops(sizes, 1):,} FLOPs per example, {epoch_flops(sizes, n_train) / 1e9:.1f} GFLOP "
-                  f"per epoch; `baselines.md` counts {baseline_note_epoch_flops(sizes, n_train) / 1e9:.1f} GFLOP "
-                  "(3x forward, including the first layer's input gradient; the note's 96.6 is over 234 full batches). "
-                  "The floor is the measured time of the "
-                  "counted products, so the count only changes the GFLOP/s shown.", "",
+                  "Counted: forward and backward of every dense layer (per layer the forward product, the kernel "
+                  "gradient and the input gradient: 3x forward, as `baselines.md` counts it); elementwise work is not "
+                  f"counted. That is {step_flops(sizes, 1):,} FLOPs per example, "
+                  f"{epoch_flops(sizes, n_train) / 1e9:.1f} GFLOP per epoch. No framework computes the first "
+                  "layer's input gradient (w.r.t. the images), so a backend could in principle go below 1.0x by that "
+                  "product's share (its row below).", "",
                   "| GEMM | shape | MFLOP | median us | best us | GFLOP/s (median) |",
                   "| --- | --- | ---: | ---: | ---: | ---: |"]
         for g in floor["gemms"]:
