@@ -206,3 +206,20 @@ def test_eager_and_compiled_agree():
 
     losses = compiled_native_losses(1)
     assert losses == compiled_native_losses(2) and len(set(losses)) == 3
+
+
+def test_compiled_cpu_dropout_keeps_the_law_and_the_seed():
+    """Compiled mode on the CPU lowers nn.Dropout's bernoulli_ to ``rand < 1 - p`` (eager torch.rand inside the
+    graph): the masks differ from eager nn.Dropout's, but keep with probability 1 - p, scale by 1 / (1 - p), and
+    come from the default generator (seeded, fresh per call)."""
+    layer = torch.nn.Dropout(0.3)
+    step = torch.compile(lambda X: layer(X), backend=tb._cpu_inductor, dynamic=False)
+    X = torch.ones(512, 256)
+    torch.manual_seed(0)
+    first, second = step(X), step(X)
+    torch.manual_seed(0)
+    again = step(X)
+    assert torch.equal(first, again) and not torch.equal(first, second)
+    np.testing.assert_allclose(first[first != 0].numpy(), 1 / 0.7, rtol=1e-6)
+    kept = (first != 0).float().mean().item()
+    assert abs(kept - 0.7) < 4 * math.sqrt(0.7 * 0.3 / X.numel())
