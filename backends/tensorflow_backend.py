@@ -15,8 +15,9 @@ evaluation.
 Modes: ``eager`` is a plain Python step (no ``tf.function``); ``compiled`` runs the full batches of an epoch as ONE
 ``tf.function`` (a ``tf.range`` loop, traced once with a (steps, batch) order of unknown size) and the last partial
 batch through a second one-step ``tf.function`` (batch dimension None), so nothing retraces after the first epoch.
-XLA (``jit_compile=True``) was measured slower on this CPU (see ``_JIT_COMPILE``). The same seed gives the same run
-in eager and compiled mode (same RNG streams, same maths); under XLA the RNG bits differ (XLA's own random kernels).
+XLA (``jit_compile=True``) is used when TF has more than one intra-op thread (see ``_use_xla``). The same seed gives
+the same run in eager and in plain-graph compiled mode (same RNG streams, same maths); under XLA the RNG bits differ
+(XLA's own random kernels), so a seed reproduces a run within one setting.
 
 Training data stay on the TF side: the training split is one constant per ``id(batches.x)``, batches are gathered
 with ``tf.gather`` from the epoch order, and loss/accuracy are summed on the TF side and read once per epoch.
@@ -37,12 +38,18 @@ from backends.base import EpochBatches, EpochMetrics, EvalMetrics, Params  # noq
 
 layers = tf.keras.layers
 
-# Compiled mode: XLA on or off, and the whole epoch in one tf.function or one tf.function call per step. Measured on
-# this 2-core CPU while other jobs shared it (load 6-17, so rough), median steady epoch of 60,000 examples over
-# three rounds: whole-epoch graph 1.8-2.9 s, per-step graph 2.1-3.6 s, whole-epoch XLA 2.6-3.6 s, per-step XLA
-# 2.9-4.7 s. XLA is consistently 1.3-2x slower here, so it stays off; the whole-epoch loop is as fast or faster.
-_JIT_COMPILE = False
+# Compiled mode: XLA on or off, and the whole epoch in one tf.function or one tf.function call per step. The whole
+# epoch in one tf.function was as fast or faster than a call per step in every measurement. Whether XLA pays depends on
+# the thread count (quiet 2-core machine, steady epoch of 60,000 examples, whole-epoch loop): with 1 intra-op thread
+# the plain graph takes 0.74 s and XLA 1.02 s; with 2 threads the plain graph gets SLOWER (0.94 s: TF's per-op
+# thread-pool hand-offs cost more than two threads gain on 256x256 tensors) while XLA, whose fused kernels split the
+# work once per cluster, takes 0.59 s. So XLA is on exactly when TF has more than one intra-op thread.
 _WHOLE_EPOCH = True
+
+
+def _use_xla() -> bool:
+    threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count() or 1
+    return threads > 1
 
 
 def _configure_threads(threads: int | None) -> None:
@@ -160,7 +167,7 @@ class Backend(base.Backend):
             self._grads_native, self._grads_masked = grads_native, grads_masked
             self._evaluate, self._epoch_full, self._batch_at = evaluate, epoch_full, batch_at
             return
-        jit = _JIT_COMPILE
+        jit = _use_xla()
         all_spec = [tf.TensorSpec([None, nin], tf.float32), tf.TensorSpec([None], tf.int32)]
         self._step_native = tf.function(step_native, input_signature=[x_spec, y_spec], jit_compile=jit)
         self._step_masked = tf.function(step_masked, input_signature=[x_spec, y_spec, mask_specs], jit_compile=jit)
