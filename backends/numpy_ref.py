@@ -128,7 +128,12 @@ class Backend(base.Backend):
 
     def train_epoch(self, *, batches: EpochBatches) -> EpochMetrics:
         total_loss, total_correct = 0.0, 0
-        for xb, yb in batches:
+        # Gather each batch into one reused buffer, as the framework backends gather on their side from ``order``:
+        # a fresh 800 KB array per batch (fancy indexing) costs about 2.5x more, in page faults.
+        buffer = np.empty((batches.batch_size, batches.x.shape[1]), dtype=batches.x.dtype)
+        for idx in batches.indices():
+            xb = np.take(batches.x, idx, axis=0, out=buffer[:len(idx)])
+            yb = batches.y[idx]
             loss, correct = self._step(xb, yb, None)
             total_loss += loss * len(yb)
             total_correct += correct
