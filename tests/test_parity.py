@@ -105,6 +105,20 @@ def test_rung2_forward_eval_matches_oracle(make_backend, fashion, name, impl):
     assert_close(backend.forward(x=x, train=False), logits, "eval is deterministic", rtol=0)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name,mode", backend_mode_pairs())
+def test_rung2_evaluate_is_noise_free_and_exact(make_backend, fashion, name, mode, impl):
+    """evaluate() (the path the runner reports) with dropout 0.5 in the spec: the oracle's noise-free numbers."""
+    model, train = ModelSpec(impl=impl, dropouts=(0.5, 0.5)), TrainSpec(mode=mode)
+    x, y = fashion.test_x[:2000], fashion.test_y[:2000]
+    reference = oracle_for(model, train).evaluate(x=x, y=y)
+    backend = make_backend(name, model=model, train=train)
+    first, second = backend.evaluate(x=x, y=y), backend.evaluate(x=x, y=y)
+    assert_close(first.loss, reference.loss, f"{name}/{mode}/{impl} evaluate loss")
+    assert abs(first.acc - reference.acc) <= 1 / 2000, f"evaluate accuracy {first.acc} != {reference.acc}"
+    assert (second.loss, second.acc) == (first.loss, first.acc), "evaluate must be deterministic"
+
+
 # --- rung 3: loss and gradients with injected noise ----------------------------------------------------------------
 @pytest.mark.parametrize("noise", NOISES)
 @pytest.mark.parametrize("impl", IMPLS)
