@@ -438,7 +438,7 @@ def write_chart(path: Path, rows: list[dict[str, Any]], floor: float | None, tit
 
 
 def build_parser():
-    from experiments.cli import Parser
+    from experiments.cli import Parser, add_run_options
 
     parser = Parser(prog="python harness.py bench", description="Time every backend x mode side by side on the D2L "
                     "job (batch 256, real data), each in its own worker, against the machine's BLAS floor.")
@@ -448,13 +448,7 @@ def build_parser():
     parser.add_argument("--mode", choices=["eager", "compiled", "all"], default="all", help="(default all)")
     parser.add_argument("--repeats", type=int, default=5, help="steady epochs per job, after one warm-up epoch (5)")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="(default cpu)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="threads for every job and the floor, set before import (default: all cores)")
-    parser.add_argument("--train-limit", type=int, metavar="N", help="train on the first N examples only (all)")
-    parser.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST files")
-    parser.add_argument("--out", type=Path, help="run folder (default results/bench-<timestamp>)")
-    parser.add_argument("--job-timeout", type=float, default=900.0,
-                        help="seconds without progress before a job is killed (default 900)")
+    add_run_options(parser, out_default="results/bench-<timestamp>")  # --threads also sets the floor's threads
     return parser
 
 

@@ -39,15 +39,20 @@ def build_parser() -> Parser:
     parser.add_argument("--weight-decay", type=float, help="adds weight_decay * W to each kernel's gradient")
     parser.add_argument("--mode", choices=["eager", "compiled", "all"], default="eager")
     parser.add_argument("--seeds", type=int, nargs="+", metavar="S", help="seeds to run, e.g. --seeds 0 1 2")
+    add_run_options(parser, out_default="results/<experiment>-<timestamp>")
+    parser.add_argument("--list", action="store_true", help="list backends and experiments, then exit")
+    return parser
+
+
+def add_run_options(parser: argparse.ArgumentParser, *, out_default: str) -> None:
+    """The options every command that runs jobs shares (training runs and the benchmark)."""
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="threads per framework, set before it is imported (default: all cores)")
     parser.add_argument("--train-limit", type=int, metavar="N", help="train on the first N examples only")
     parser.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST files")
-    parser.add_argument("--out", type=Path, help="run folder (default results/<experiment>-<timestamp>)")
+    parser.add_argument("--out", type=Path, help=f"run folder (default {out_default})")
     parser.add_argument("--job-timeout", type=float, default=900.0,
                         help="seconds without progress before a job is killed (default 900)")
-    parser.add_argument("--list", action="store_true", help="list backends and experiments, then exit")
-    return parser
 
 
 def list_everything() -> str:
