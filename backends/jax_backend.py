@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import collections
 import os
-from typing import Mapping, Sequence
+from typing import Mapping
 
 
 def _limit_cpu_threads(threads: int | None) -> None:

@@ -559,8 +559,6 @@ def _activation_frame(run: Run):
 
 def activation_variance(run: Run) -> list[str]:
     """Exercise 3: per-layer activation variance before/after the noise, train and eval mode, per epoch."""
-    import pandas as pd
-
     acts = _activation_frame(run)
     if acts is None:
         return ["No activation records (activations.csv) to report."]
@@ -863,7 +861,6 @@ def noise_injection(run: Run) -> list[str]:
     """Exercise 7: other noise kinds at a fixed architecture, against dropout and none."""
     info = {v: (str(run.param(v, "noise")), run.rates(v)) for v in run.variants}
     dropout = next((v for v, (k, r) in info.items() if k == "dropout" and any(p > 0 for p in r)), None)
-    none = next((v for v, (_, r) in info.items() if all(p == 0 for p in r)), None)
     sections = final_accuracy_section(run, dropout, [("noise", "noise"), ("dropout_1", "rate 1"),
                                                      ("dropout_2", "rate 2")])
     sections = noise_kinds_note(run) + sections

@@ -583,22 +583,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from backends import BackendError
-    from experiments.catalog import CatalogError
-    from experiments.cli import USER_ERROR, UsageError
-    from experiments.data import DataError
-    from experiments.spec import SpecError
+    from experiments.cli import as_command
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = build_parser().parse_args(argv)
-        return run(args, ["harness.py", "bench", *argv])
-    except (UsageError, SpecError, CatalogError, DataError, BackendError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return USER_ERROR
-    except KeyboardInterrupt:
-        print("error: interrupted; rows of finished epochs are kept in the run folder", file=sys.stderr)
-        return 130
+    return as_command(lambda: run(build_parser().parse_args(argv), ["harness.py", "bench", *argv]))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 USER_ERROR = 2
 
@@ -137,26 +138,35 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     return 0 if any(row["status"] == "ok" for row in rows) else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # python harness.py bench ...: the benchmark mode (experiments/bench.py)
-        from experiments import bench
-
-        return bench.main(argv[1:])
+def as_command(action: Callable[[], int]) -> int:
+    """Run a command: a user error becomes one line on stderr and exit status 2, never a traceback."""
     from backends import BackendError
     from experiments.catalog import CatalogError
     from experiments.data import DataError
     from experiments.spec import SpecError
 
     try:
-        args = build_parser().parse_args(argv)
-        if args.list:
-            print(list_everything())
-            return 0
-        return run(args, ["harness.py", *argv])
+        return action()
     except (UsageError, SpecError, CatalogError, DataError, BackendError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return USER_ERROR
     except KeyboardInterrupt:
         print("error: interrupted; rows of finished epochs are kept in the run folder", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # python harness.py bench ...: the benchmark mode (experiments/bench.py)
+        from experiments import bench
+
+        return bench.main(argv[1:])
+
+    def train() -> int:
+        args = build_parser().parse_args(argv)
+        if args.list:
+            print(list_everything())
+            return 0
+        return run(args, ["harness.py", *argv])
+
+    return as_command(train)
