@@ -164,10 +164,12 @@ def test_rung4_sgd_steps_match_oracle_every_step(make_backend, fashion, name, mo
             assert_close(params[key], params_ref[key], f"step {step} {key}")
 
 
+@pytest.mark.parametrize("weight_decay", (0.0, 5e-3))
 @pytest.mark.parametrize("name,mode", backend_mode_pairs())
-def test_whole_epoch_without_noise_matches_oracle(make_backend, fashion, name, mode):
-    """train_epoch (the path the runner times, compiled modes included) with the last partial batch kept."""
-    model, train = ModelSpec(dropouts=(0.0, 0.0)), TrainSpec(mode=mode)
+def test_whole_epoch_without_noise_matches_oracle(make_backend, fashion, name, mode, weight_decay):
+    """train_epoch (the path the runner times, compiled modes included) with the last partial batch kept, with and
+    without weight decay (a backend may update differently without it, as MXNet's compiled epoch does)."""
+    model, train = ModelSpec(dropouts=(0.0, 0.0)), TrainSpec(mode=mode, weight_decay=weight_decay)
     x, y = fashion.train_x[:1000], fashion.train_y[:1000]  # 3 full batches and one of 232
     order = np.random.default_rng(2).permutation(1000)
     batches = base.EpochBatches(x=x, y=y, order=order, batch_size=256)
@@ -183,6 +185,26 @@ def test_whole_epoch_without_noise_matches_oracle(make_backend, fashion, name, m
         x=fashion.test_x, y=fashion.test_y)
     assert_close(evaluation.loss, reference.loss, "exact test loss")
     assert abs(evaluation.acc - reference.acc) <= 2 / 10_000, "exact test accuracy"
+
+
+@pytest.mark.parametrize("name,mode", backend_mode_pairs())
+def test_whole_epoch_trains_with_native_noise_on(make_backend, fashion, name, mode):
+    """The rung above runs train_epoch at p = 0, where a path that forgot the training flag (Gluon's Dropout in
+    predict mode, Keras' ``training`` lost, as in D2L's bug B1) would still pass. At p = 0.5 the same epoch must leave
+    the noise-free trajectory by far more than the ladder's tolerance, and the model must still learn."""
+    model, train = ModelSpec(dropouts=(0.5, 0.5)), TrainSpec(mode=mode)
+    x, y = fashion.train_x[:1000], fashion.train_y[:1000]
+    batches = base.EpochBatches(x=x, y=y, order=np.random.default_rng(2).permutation(1000), batch_size=256)
+    noise_free = oracle_for(dataclasses.replace(model, dropouts=(0.0, 0.0)), train)
+    noise_free.train_epoch(batches=batches)
+    backend = make_backend(name, model=model, train=train)
+    start = backend.evaluate(x=fashion.test_x[:2000], y=fashion.test_y[:2000])
+    backend.train_epoch(batches=batches)
+    for key, value in noise_free.get_params().items():
+        if key.endswith("/kernel"):
+            error = float(np.abs(backend.get_params()[key] - value).max())
+            assert error > 100 * RTOL * float(np.abs(value).max()), f"{key}: the epoch ran with the noise off"
+    assert backend.evaluate(x=fashion.test_x[:2000], y=fashion.test_y[:2000]).loss < start.loss, "no learning"
 
 
 # --- rung 5: native noise statistics ------------------------------------------------------------------------------
