@@ -33,7 +33,8 @@ The floor is the measured time of the products themselves; the rate
 Each GEMM is timed as ``numpy.matmul(a, b, out=c)`` on float32 operands laid out as a framework has them (the
 transposed operands are transposed views, which BLAS reads with its transpose flag), in interleaved rounds;
 a shape's time is the MEDIAN over the rounds (the best round is recorded too), the same statistic as the jobs'
-steady epoch time.
+steady epoch time. The floor is measured twice, before and after the jobs, and the rounds of both are pooled
+(``pool_floors``), so that a drift of the machine's speed during the run moves the floor as it moves the jobs.
 """
 from __future__ import annotations
 
@@ -122,16 +123,46 @@ def _floor_worker(sizes: Sequence[int], batch: int, rounds: int, calls: int) -> 
                 np.matmul(a, b, out=c)
             times[i].append((clock() - start) / calls)
     for gemm, samples in zip(gemms, times):
+        gemm["samples"] = samples
+    flops = step_flops(sizes, batch)
+    assert flops == sum(g["flops"] for g in gemms)
+    return {**_summarize(gemms), "rounds": rounds, "calls_per_round": calls, "numpy": np.__version__,
+            "blas": _blas_info(np), "environment": {name: os.environ.get(name) for name in BLAS_ENVIRONMENT}}
+
+
+def _summarize(gemms: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each GEMM's median and best over its ``samples`` (seconds per call, one per round), and one step's sums."""
+    for gemm in gemms:
+        samples = gemm["samples"]
         gemm.update(median_seconds=statistics.median(samples), best_seconds=min(samples),
                     gflops_median=gemm["flops"] / statistics.median(samples) / 1e9)
     step_median = sum(g["median_seconds"] for g in gemms)
     step_best = sum(g["best_seconds"] for g in gemms)
-    flops = step_flops(sizes, batch)
-    assert flops == sum(g["flops"] for g in gemms)
+    flops = sum(g["flops"] for g in gemms)
     return {"gemms": gemms, "step_seconds": step_median, "step_seconds_best": step_best, "step_flops": flops,
-            "gflops": flops / step_median / 1e9, "gflops_best": flops / step_best / 1e9, "statistic": "median",
-            "rounds": rounds, "calls_per_round": calls, "numpy": np.__version__, "blas": _blas_info(np),
-            "environment": {name: os.environ.get(name) for name in BLAS_ENVIRONMENT}}
+            "gflops": flops / step_median / 1e9, "gflops_best": flops / step_best / 1e9, "statistic": "median"}
+
+
+def pool_floors(measurements: Sequence[dict[str, Any] | None], labels: Sequence[str]) -> dict[str, Any] | None:
+    """One floor from several measurements of it (None: a measurement that failed): their rounds pooled per GEMM.
+
+    A measurement takes about a second, and on these shared machines one now and then lands in a slow spell (two
+    floors of one run here: 0.41 and 0.55 s/epoch, while the jobs around them kept their pace). The jobs' steady
+    times are medians over several epochs, which such a spell barely moves; the floor gets the same robustness from
+    one measurement before every job and one after the last, pooled: the median over all their rounds, which also
+    spans the whole run. Each measurement's own step time is kept (``measurements``) with ``drift``, the spread
+    between the slowest and the fastest."""
+    taken = [(m, label) for m, label in zip(measurements, labels) if m is not None]
+    if not taken:
+        return None
+    first = taken[0][0]
+    pooled = [dict(g, samples=[x for m, _ in taken for x in m["gemms"][i]["samples"]])
+              for i, g in enumerate(first["gemms"])]
+    floor = {**first, **_summarize(pooled), "rounds": sum(m["rounds"] for m, _ in taken)}
+    floor["measurements"] = [{"when": label, "step_seconds": m["step_seconds"]} for m, label in taken]
+    steps = [m["step_seconds"] for m, _ in taken]
+    floor["drift"] = max(steps) / min(steps) - 1.0
+    return floor
 
 
 def _blas_info(np) -> dict[str, Any]:
@@ -343,9 +374,14 @@ def machine_line(meta: dict[str, Any], floor: dict[str, Any] | None) -> str:
 def floor_summary(floor: dict[str, Any] | None, n_train: int, batch: int, sizes: Sequence[int]) -> str:
     if not floor:
         return "floor: not measured"
-    return (f"floor: {floor_seconds(floor, n_train, batch):.3f} s/epoch = {n_train / batch:.2f} steps x "
+    steps = n_train / batch
+    each = [m["step_seconds"] * steps for m in floor.get("measurements", ())]
+    spread = (f"; pooled from {len(each)} measurements between the jobs, {min(each):.3f} to {max(each):.3f} s"
+              if len(each) > 1 else "")
+    return (f"floor: {floor_seconds(floor, n_train, batch):.3f} s/epoch = {steps:.2f} steps x "
             f"{floor['step_seconds'] * 1e3:.3f} ms of GEMMs per step ({floor['gflops']:.0f} GFLOP/s on the model's "
-            f"shapes, median of {floor['rounds']} rounds; {epoch_flops(sizes, n_train) / 1e9:.1f} GFLOP per epoch)")
+            f"shapes, median of {floor['rounds']} rounds; {epoch_flops(sizes, n_train) / 1e9:.1f} GFLOP per epoch)"
+            + spread)
 
 
 def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any], floor: dict[str, Any] | None,
@@ -388,7 +424,10 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any],
             lines.append(f"| {g['name']} | {shape} | {g['flops'] / 1e6:.2f} | {g['median_seconds'] * 1e6:.1f} | "
                          f"{g['best_seconds'] * 1e6:.1f} | {g['gflops_median']:.0f} |")
         lines += ["", f"One step: {floor['step_seconds'] * 1e3:.3f} ms median ({floor['gflops']:.0f} GFLOP/s), "
-                      f"{floor['step_seconds_best'] * 1e3:.3f} ms best ({floor['gflops_best']:.0f} GFLOP/s)."]
+                      f"{floor['step_seconds_best'] * 1e3:.3f} ms best ({floor['gflops_best']:.0f} GFLOP/s), over "
+                      "every measurement. Each measurement (one before each job, one after the last):", "",
+                  "| when | floor s/epoch |", "| --- | ---: |"]
+        lines += [f"| {m['when']} | {m['step_seconds'] * n_train / batch:.3f} |" for m in floor["measurements"]]
     else:
         lines.append(f"Not measured: {meta.get('floor_error', 'unknown error')}")
     lines += ["", "Files: `bench.csv` (every column), `bench.png`, `meta.json`, `timings.csv` (the harness's "
@@ -509,14 +548,25 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             else:
                 runnable.append((name, mode))
 
-    print(f"floor: timing the step's GEMMs with NumPy's BLAS ({args.threads} threads) ...", file=sys.stderr)
-    floor: dict[str, Any] | None
-    try:
-        floor = measure_floor(threads=args.threads, sizes=sizes, batch=batch)
-        floor_error = ""
-    except (RuntimeError, OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
-        floor, floor_error = None, str(exc)
-        print(f"warning: {floor_error}", file=sys.stderr)
+    floor_error = ""
+
+    def timed_floor(when: str) -> dict[str, Any] | None:
+        nonlocal floor_error
+        print(f"floor: timing the step's GEMMs with NumPy's BLAS ({args.threads} threads), {when} ...",
+              file=sys.stderr)
+        try:
+            return measure_floor(threads=args.threads, sizes=sizes, batch=batch)
+        except (RuntimeError, OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
+            floor_error = str(exc)
+            print(f"warning: {floor_error}", file=sys.stderr)
+            return None
+
+    measured: list[dict[str, Any] | None] = []  # one before each job and one after the last
+    labels: list[str] = []
+
+    def between_jobs(job) -> None:
+        labels.append(f"before {job.backend} {job.train.mode}" if job is not None else "after the last job")
+        measured.append(timed_floor(labels[-1]))
 
     log = EventLog()
     summaries: dict[tuple[str, str], dict[str, Any]] = {}
@@ -526,7 +576,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         experiment = catalog.build("d2l", backends=run_names, modes=modes, seeds=(0,), train_overrides=train)
         options = RunOptions(data_dir=data_dir, out_dir=out, threads=args.threads, job_timeout=args.job_timeout,
                              bench_timing=True)
-        for summary in run_experiment(experiment, options, argv=argv, on_event=log):
+        for summary in run_experiment(experiment, options, argv=argv, on_event=log, between_jobs=between_jobs):
             summaries[(summary["backend"], summary["mode"])] = summary
         meta = json.loads((out / "meta.json").read_text())
     else:
@@ -534,7 +584,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 
         meta = run_metadata(root=backends.PROJECT_ROOT, threads=args.threads, argv=argv, versions={})
         meta.update(started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        between_jobs(None)
 
+    floor = pool_floors(measured, labels)
     n_train = next((epochs[0]["n_train"] for epochs in log.epochs.values() if epochs),
                    args.train_limit or FASHION_MNIST_TRAIN)
     floor_epoch = floor_seconds(floor, n_train, batch) if floor else None

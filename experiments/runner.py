@@ -159,8 +159,12 @@ def run_job(job: Job, index: int, folder: RunFolder, options: RunOptions, progre
 
 
 def run_experiment(experiment: Experiment, options: RunOptions, *, argv: list[str] | None = None,
-                   on_event: EventHook | None = None) -> list[dict[str, Any]]:
-    """Run every job of the experiment in turn; returns the summary rows (also in ``summary.csv``)."""
+                   on_event: EventHook | None = None,
+                   between_jobs: Callable[[Job | None], None] | None = None) -> list[dict[str, Any]]:
+    """Run every job of the experiment in turn; returns the summary rows (also in ``summary.csv``).
+
+    ``between_jobs(job)`` runs before each job, while no worker is alive, and once more with None after the last
+    (the bench times its floor there)."""
     from experiments.report import run_metadata
 
     folder = RunFolder(options.out_dir)
@@ -174,6 +178,8 @@ def run_experiment(experiment: Experiment, options: RunOptions, *, argv: list[st
     folder.write_json("meta.json", meta)
     rows = []
     for index, job in enumerate(jobs, start=1):
+        if between_jobs is not None:
+            between_jobs(job)
         row = run_job(job, index, folder, options, progress, on_event)
         rows.append(row)
         folder.append("summary", row)
@@ -181,4 +187,6 @@ def run_experiment(experiment: Experiment, options: RunOptions, *, argv: list[st
             versions[job.backend] = row["framework_version"]
         meta.update(frameworks=versions, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         folder.write_json("meta.json", meta)
+    if between_jobs is not None:
+        between_jobs(None)
     return rows

@@ -100,6 +100,23 @@ def test_numpy_bench_numbers_are_sane(numpy_bench):
     assert number["floor_seconds"] == pytest.approx(3000 / 256 * floor["step_seconds"], rel=1e-12)
     assert floor["step_seconds"] == pytest.approx(sum(g["median_seconds"] for g in floor["gemms"]), rel=1e-12)
     assert all(g["best_seconds"] <= g["median_seconds"] for g in floor["gemms"])
+    assert [m["when"] for m in floor["measurements"]] == ["before numpy eager", "after the last job"]
+    assert all(len(g["samples"]) == floor["rounds"] == 2 * bench.FLOOR_ROUNDS for g in floor["gemms"])
+
+
+def test_the_floor_pools_the_rounds_of_its_measurements():
+    def measured(seconds: list[float]) -> dict:
+        gemms = [dict(name=f"g{i}", flops=1e9, samples=list(seconds)) for i in range(2)]
+        return {**bench._summarize(gemms), "rounds": len(seconds)}
+
+    floor = bench.pool_floors([measured([1.0, 1.0, 1.5]), measured([3.0, 3.0, 2.5])], ["a", "b"])
+    assert [g["median_seconds"] for g in floor["gemms"]] == [2.0, 2.0]  # median of the six pooled rounds
+    assert floor["step_seconds"] == 4.0 and floor["rounds"] == 6 and floor["step_seconds_best"] == 2.0
+    assert [(m["when"], m["step_seconds"]) for m in floor["measurements"]] == [("a", 2.0), ("b", 6.0)]
+    assert floor["drift"] == pytest.approx(2.0)
+    alone = bench.pool_floors([measured([1.0, 2.0, 3.0]), None], ["a", "b"])  # the second measurement failed
+    assert alone["step_seconds"] == 4.0 and [m["when"] for m in alone["measurements"]] == ["a"]
+    assert bench.pool_floors([None], ["a"]) is None
 
 
 def test_unavailable_backend_and_missing_mode_give_rows_not_failures(tmp_path, monkeypatch):
