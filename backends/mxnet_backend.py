@@ -57,7 +57,7 @@ def _choose_engine() -> None:
     thread here)."""
     if "MXNET_ENGINE_TYPE" in os.environ:
         return
-    cores = len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = int(os.environ.get("OMP_NUM_THREADS") or cores)
     if threads >= cores:
         os.environ["MXNET_ENGINE_TYPE"] = "NaiveEngine"
