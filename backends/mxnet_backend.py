@@ -23,10 +23,11 @@ How the framework is used, and why:
 - Noise RNG: MXNet has only a global generator per device (``mx.random.seed`` and ``npx.random.seed`` are the same
   call). The backend owns a NumPy generator seeded with ``noise_seed(seed)`` and reseeds MXNet's generator from it
   at the start of every call that draws noise, so that a backend's noise depends on its own calls only. The bound
-  and the hybridized graph draw the same stream: a seed gives the same epoch in both modes.
+  and the hybridized graph draw the same stream: a seed gives the same masks in both modes.
 - SGD and weight decay: MXNet's own ``sgd_update``, the operator ``gluon.Trainer(..., "sgd", {"wd": ...})`` runs,
-  over two flat buffers that hold every kernel and every bias (see ``_SGD``); the Trainer's per-step Python
-  (stale-gradient checks, updater dispatch) is gone too. Same maths, bit-identical results.
+  over one flat buffer that holds every kernel, then every bias (see ``_SGD``); the Trainer's per-step Python
+  (stale-gradient checks, updater dispatch) is gone too. Same maths, bit-identical results; only the compiled epoch
+  without weight decay folds lr into the backward pass (``_SGD.step_prescaled``), which moves rounding by ~1e-7.
 - Threads: MXNet reads OMP_NUM_THREADS once, when libmxnet loads; the worker sets it before this module is imported.
   There is no Python API to change it later (``MXSetNumOMPThreads`` only sets the calling thread's OpenMP default,
   not the engine's worker threads), so ``threads`` is checked against the environment and a mismatch is reported.

@@ -33,8 +33,8 @@ The floor is the measured time of the products themselves; the rate
 Each GEMM is timed as ``numpy.matmul(a, b, out=c)`` on float32 operands laid out as a framework has them (the
 transposed operands are transposed views, which BLAS reads with its transpose flag), in interleaved rounds;
 a shape's time is the MEDIAN over the rounds (the best round is recorded too), the same statistic as the jobs'
-steady epoch time. The floor is measured twice, before and after the jobs, and the rounds of both are pooled
-(``pool_floors``), so that a drift of the machine's speed during the run moves the floor as it moves the jobs.
+steady epoch time. The floor is measured before every job and after the last, and the rounds of all measurements
+are pooled (``pool_floors``), so that one measurement caught in a slow spell of the machine does not set the floor.
 """
 from __future__ import annotations
 
