@@ -48,7 +48,7 @@ def test_concise_dropout_at_p1_gives_zeros_and_trains_without_nan(make_backend, 
     evaluated = backend.forward(x=x, train=False)  # evaluation keeps every unit
     assert np.all(np.isfinite(evaluated)) and not np.allclose(evaluated, before["dense_2/bias"])
 
-    loss = backend.train_step(x=x, y=y)  # native noise through gluon.Trainer, weight decay on
+    loss = backend.train_step(x=x, y=y)  # native noise, the backend's sgd_update, weight decay on
     after = backend.get_params()
     assert np.isfinite(loss) and all(np.all(np.isfinite(v)) for v in after.values())
     shrink = 1.0 - train.lr * train.weight_decay  # zero data gradient: the kernels only decay, and are still updated
