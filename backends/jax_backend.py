@@ -59,8 +59,8 @@ import flax.linen as nn  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from backends import base  # noqa: E402
-from backends.base import EpochBatches, EpochMetrics, EvalMetrics, Params  # noqa: E402
+from backends import contract, registry  # noqa: E402
+from backends.contract import EpochBatches, EpochMetrics, EvalMetrics, Params  # noqa: E402
 
 _EVAL_CHUNK = 10_000
 
@@ -168,10 +168,10 @@ def _no_gpu_message() -> str:
             f"{jax.default_backend()}); use --device cpu")
 
 
-class Backend(base.Backend):
+class Backend(contract.Backend):
     name = "jax"
     framework = "jax"
-    capabilities = base.Capabilities(modes=("eager", "compiled"), devices=("cpu", "gpu"))
+    capabilities = registry.capabilities("jax")
 
     def __init__(self, *, model, train, threads=None) -> None:
         super().__init__(model=model, train=train, threads=threads)
@@ -219,7 +219,7 @@ class Backend(base.Backend):
             variables = self.net.init({"params": jax.random.PRNGKey(seed)}, dummy, False)  # Flax Dense defaults
             self.params = jax.device_put(jax.tree.map(jnp.asarray, dict(variables["params"])), self.device)
             self.opt_state = jax.device_put(self.tx.init(self.params), self.device)
-        self.base_key = jax.device_put(jax.random.PRNGKey(base.noise_seed(seed)), self.device)
+        self.base_key = jax.device_put(jax.random.PRNGKey(contract.noise_seed(seed)), self.device)
         self.draws = 0  # native draws so far; draw n uses fold_in(base_key, n)
 
     def get_params(self) -> Params:
@@ -227,7 +227,7 @@ class Backend(base.Backend):
                 for layer, leaves in self.params.items() for leaf, value in leaves.items()}
 
     def set_params(self, *, params: Mapping[str, np.ndarray]) -> None:
-        base.check_params(self.model, params)
+        contract.check_params(self.model, params)
         tree = {f"dense_{i}": {leaf: jax.device_put(np.array(params[f"dense_{i}/{leaf}"], dtype=np.float32,
                                                              copy=True), self.device)
                                for leaf in ("kernel", "bias")} for i in range(self.num_layers)}

@@ -70,8 +70,8 @@ import mxnet as mx  # noqa: E402  (after the engine choice)
 from mxnet import autograd, gluon, np, npx  # noqa: E402
 from mxnet.gluon import nn  # noqa: E402
 
-from backends import base
-from backends.base import EpochBatches, EpochMetrics, EvalMetrics, Params
+from backends import contract, registry
+from backends.contract import EpochBatches, EpochMetrics, EvalMetrics, Params
 
 npx.set_np()
 
@@ -338,10 +338,10 @@ class _BoundStep:
         self.record.copyto(record_out)
 
 
-class Backend(base.Backend):
+class Backend(contract.Backend):
     name = "mxnet"
     framework = "mxnet"
-    capabilities = base.Capabilities(modes=("eager", "compiled"), devices=("cpu",))
+    capabilities = registry.capabilities("mxnet")
 
     def __init__(self, *, model, train, threads=None) -> None:
         super().__init__(model=model, train=train, threads=threads)
@@ -391,8 +391,8 @@ class Backend(base.Backend):
         self._loss = self._graph(_Loss())
         self._lazy: dict[str, gluon.HybridBlock] = {}
         self._bound_steps = {}  # bound to the previous build's parameters
-        self._noise_rng = onp.random.default_rng(base.noise_seed(seed))
-        npx.random.seed(base.noise_seed(seed))
+        self._noise_rng = onp.random.default_rng(contract.noise_seed(seed))
+        npx.random.seed(contract.noise_seed(seed))
 
     def _lazy_graph(self, key: str):
         """Graphs that only the injected-mask and probing calls need, built on first use."""
@@ -430,7 +430,7 @@ class Backend(base.Backend):
         return params
 
     def set_params(self, *, params: Mapping[str, onp.ndarray]) -> None:
-        base.check_params(self.model, params)
+        contract.check_params(self.model, params)
         for i, dense in enumerate(self.denses):
             dense.weight.set_data(np.array(onp.asarray(params[f"dense_{i}/kernel"], dtype=onp.float32).T))
             dense.bias.set_data(np.array(onp.asarray(params[f"dense_{i}/bias"], dtype=onp.float32)))
@@ -447,7 +447,7 @@ class Backend(base.Backend):
 
     def _draws(self, masks: Sequence[onp.ndarray], batch_size: int) -> list:
         """Injected draws in the framework's layout: dropconnect's (in, out) kernel masks become (out, in)."""
-        expected = base.noise_shapes(self.model, batch_size)
+        expected = contract.noise_shapes(self.model, batch_size)
         if len(masks) != len(expected):
             raise ValueError(f"masks needs one array per hidden layer ({len(expected)}), got {len(masks)}")
         draws = []

@@ -9,8 +9,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from backends import base
-from backends.base import EpochBatches, EpochMetrics, EvalMetrics, Params
+from backends import contract, registry
+from backends.contract import EpochBatches, EpochMetrics, EvalMetrics, Params
 
 
 def _noise_scale(p: float) -> float:
@@ -18,28 +18,28 @@ def _noise_scale(p: float) -> float:
     return 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
 
 
-class Backend(base.Backend):
+class Backend(contract.Backend):
     name = "numpy"
     framework = "numpy"
-    capabilities = base.Capabilities(modes=("eager",), devices=("cpu",))
+    capabilities = registry.capabilities("numpy")
     dtype = np.float32
 
     def build(self, *, seed: int, params: Mapping[str, np.ndarray] | None = None) -> None:
-        self.params = {k: v.astype(self.dtype) for k, v in (params or base.shared_init(self.model, seed)).items()}
-        base.check_params(self.model, self.params)
-        self.rng = np.random.default_rng(base.noise_seed(seed))
+        self.params = {k: v.astype(self.dtype) for k, v in (params or contract.shared_init(self.model, seed)).items()}
+        contract.check_params(self.model, self.params)
+        self.rng = np.random.default_rng(contract.noise_seed(seed))
         self.num_layers = len(self.model.layer_sizes) - 1
 
     def get_params(self) -> Params:
         return {k: v.astype(np.float32, copy=True) for k, v in self.params.items()}
 
     def set_params(self, *, params: Mapping[str, np.ndarray]) -> None:
-        base.check_params(self.model, params)
+        contract.check_params(self.model, params)
         self.params = {k: np.array(v, dtype=self.dtype) for k, v in params.items()}
 
     # --- noise -------------------------------------------------------------------------------------------------
     def _draw(self, batch_size: int) -> list[np.ndarray]:
-        return base.draw_masks(self.model, batch_size, self.rng)
+        return contract.draw_masks(self.model, batch_size, self.rng)
 
     def _noise_terms(self, masks: Sequence[np.ndarray]) -> list[tuple[np.ndarray | float, np.ndarray | float]]:
         """Per hidden layer, (multiplier, offset) so that noisy = h * multiplier + offset; for dropconnect the

@@ -10,7 +10,7 @@ evaluation.
 - ``scratch``: the same Dense layers and the section's ``dropout_layer`` written with ``tf.random.Generator``
   (keep where u > p as the contract says; D2L's TF code keeps where u < 1 - p, which has the same law).
 - dropconnect / gaussian / additive have no Keras layer in D2L's sense: both impls draw from the
-  ``tf.random.Generator`` seeded with ``base.noise_seed(seed)``.
+  ``tf.random.Generator`` seeded with ``contract.noise_seed(seed)``.
 
 Modes: ``eager`` is a plain Python step (no ``tf.function``); ``compiled`` runs the full batches of an epoch as ONE
 ``tf.function`` (a ``tf.range`` loop, traced once with a (steps, batch) order of unknown size) and the last partial
@@ -41,8 +41,8 @@ from typing import Mapping  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from backends import base  # noqa: E402
-from backends.base import EpochBatches, EpochMetrics, EvalMetrics, Params  # noqa: E402
+from backends import contract, registry  # noqa: E402
+from backends.contract import EpochBatches, EpochMetrics, EvalMetrics, Params  # noqa: E402
 
 layers = tf.keras.layers
 
@@ -76,10 +76,10 @@ def _scale(p: float) -> float:
     return 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
 
 
-class Backend(base.Backend):
+class Backend(contract.Backend):
     name = "tensorflow"
     framework = "tensorflow"
-    capabilities = base.Capabilities(modes=("eager", "compiled"), devices=("cpu",))
+    capabilities = registry.capabilities("tensorflow")
 
     def __init__(self, *, model, train, threads=None) -> None:
         super().__init__(model=model, train=train, threads=threads)
@@ -111,13 +111,13 @@ class Backend(base.Backend):
         if params is not None:
             self.set_params(params=params)
 
-        noise_seed = base.noise_seed(seed)
+        noise_seed = contract.noise_seed(seed)
         self.generator = tf.random.Generator.from_seed(noise_seed)
         # Keras' Dropout, one per hidden layer, each with its own seed (its SeedGenerator state is [seed, counter]).
         self.dropout_layers = [
             layers.Dropout(p, seed=(noise_seed + 1 + i) % (2**31 - 1), name=f"dropout_{i}") if p < 1.0 else None
             for i, p in enumerate(model.dropouts)]
-        self.mask_shapes = [tuple(s) for s in base.noise_shapes(model, 1)]
+        self.mask_shapes = [tuple(s) for s in contract.noise_shapes(model, 1)]
         self._train_cache = None
         self._eval_cache = []
         self._make_functions()
@@ -200,7 +200,7 @@ class Backend(base.Backend):
                 for name, var in zip(self.names, self.variables)}
 
     def set_params(self, *, params: Mapping[str, np.ndarray]) -> None:
-        base.check_params(self.model, params)
+        contract.check_params(self.model, params)
         for name, var in zip(self.names, self.variables):
             var.assign(np.asarray(params[name], dtype=np.float32))
 

@@ -2,7 +2,7 @@
 ``dropout_layer`` (scratch), trained by plain SGD.
 
 Randomness. Every draw comes from one stream per backend: ``self.generator``, a ``torch.Generator`` on the model's
-device seeded with ``base.noise_seed(seed)``. The scratch ``dropout_layer`` and the other noise kinds draw from it
+device seeded with ``contract.noise_seed(seed)``. The scratch ``dropout_layer`` and the other noise kinds draw from it
 explicitly. ``nn.Dropout`` (and inductor's compiled dropout) cannot take a generator: they draw from the device's
 default generator. Around every call that may run them, ``_native_rng`` swaps the backend's state into the default
 generator and swaps the advanced state back out afterwards, restoring the caller's global state. So the concise path
@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backends import base
-from backends.base import EpochBatches, EpochMetrics, EvalMetrics, Params
-from experiments.spec import ModelSpec
+from backends import contract, registry
+from backends.contract import EpochBatches, EpochMetrics, EvalMetrics, Params
+from backends.contract import ModelSpec
 
 NATIVE = "native"  # a hidden layer's noise entry: draw with the model's own dropout (nn.Dropout / dropout_layer)
 
@@ -216,10 +216,10 @@ def _own_code(function: types.FunctionType, key: tuple) -> types.FunctionType:
     return types.FunctionType(code, function.__globals__, code.co_name, function.__defaults__, function.__closure__)
 
 
-class Backend(base.Backend):
+class Backend(contract.Backend):
     name = "torch"
     framework = "torch"
-    capabilities = base.Capabilities(modes=("eager", "compiled"), devices=("cpu", "gpu"))
+    capabilities = registry.capabilities("torch")
 
     def __init__(self, *, model, train, threads=None) -> None:
         super().__init__(model=model, train=train, threads=threads)
@@ -249,7 +249,7 @@ class Backend(base.Backend):
         else:
             self._framework_init(seed)
         self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(base.noise_seed(seed))
+        self.generator.manual_seed(contract.noise_seed(seed))
         if isinstance(self.net, DropoutMLPScratch):
             self.net.generator = self.generator
         self._default_generator = (torch.cuda.default_generators[self.device.index] if self.device.type == "cuda"
@@ -278,7 +278,7 @@ class Backend(base.Backend):
         return out
 
     def set_params(self, *, params: Mapping[str, np.ndarray]) -> None:
-        base.check_params(self.model, params)
+        contract.check_params(self.model, params)
         with torch.no_grad():
             for i, linear in enumerate(self.linears):
                 kernel = np.asarray(params[f"dense_{i}/kernel"], dtype=np.float32)
@@ -302,7 +302,7 @@ class Backend(base.Backend):
     def _draw(self, batch_size: int) -> tuple:
         """The backend's own draws for one step, made before the forward pass from ``self.generator``."""
         entries = []
-        shapes = base.noise_shapes(self.model, batch_size)
+        shapes = contract.noise_shapes(self.model, batch_size)
         for shape, p in zip(shapes, self.model.dropouts):
             if self.model.noise in ("dropout", "dropconnect"):
                 if p in (0.0, 1.0):  # nothing to draw (dropout_layer's early returns); the scale does the rest

@@ -28,6 +28,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from backends.contract.noise import draw_masks
+
 Row = dict[str, Any]
 
 TRAIN_EVAL_EXAMPLES = 10_000
@@ -82,8 +84,6 @@ class ActivationVariance(Probe):
     table = "activations"
 
     def on_epoch(self, *, backend, data, epoch, job):
-        from backends.base import draw_masks
-
         batch = data.test_x[:PROBE_BATCH]
         rng = np.random.default_rng([int(job.train.seed), int(epoch), 0xAC7])
         inject = getattr(getattr(backend, "capabilities", None), "supports_masks", False)

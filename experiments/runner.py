@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import backends
-from backends.worker import thread_environment
-from experiments.report import RunFolder, job_columns, summary_row
-from experiments.spec import Experiment, Job
+from backends import registry
+from backends.contract.threads import thread_environment
+from experiments.plan import Experiment, Job
+from experiments.progress import Progress, bar
+from experiments.rundir import RunFolder, job_columns, run_metadata, summary_row
 
 EventHook = Callable[[Job, dict[str, Any], subprocess.Popen], None]
 
@@ -33,29 +34,6 @@ class RunOptions:
     job_timeout: float = 900.0
     progress: bool = True
     bench_timing: bool = False  # workers also report the harness's own per-epoch work ("bench" events)
-
-
-class Progress:
-    """One line per job on stderr: rewritten in place on a terminal, one line per epoch in a log."""
-
-    def __init__(self, enabled: bool, total_jobs: int) -> None:
-        self.enabled, self.total, self.tty = enabled, total_jobs, sys.stderr.isatty()
-
-    def update(self, index: int, job: Job, text: str, final: bool = False) -> None:
-        if not self.enabled:
-            return
-        line = f"[{index}/{self.total}] {job.backend:<10} {job.model.impl:<7} {job.train.mode:<8} " \
-               f"{job.variant:<14} seed {job.train.seed}  {text}"
-        if self.tty:
-            sys.stderr.write("\r\033[K" + line + ("\n" if final else ""))
-        else:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-
-
-def _bar(done: int, total: int, width: int = 20) -> str:
-    filled = round(width * done / total) if total else width
-    return "#" * filled + "." * (width - filled)
 
 
 def _describe_exit(code: int | None) -> str:
@@ -88,20 +66,20 @@ def _read_events(stream, sink: queue.Queue) -> None:
 
 def run_job(job: Job, index: int, folder: RunFolder, options: RunOptions, progress: Progress,
             on_event: EventHook | None = None) -> dict[str, Any]:
-    info = backends.resolve(job.backend)
-    if not backends.is_available(job.backend):
-        row = summary_row(job, [], None, None, "unavailable", backends.unavailable_reason(job.backend))
+    info = registry.resolve(job.backend)
+    if not registry.is_available(job.backend):
+        row = summary_row(job, [], None, None, "unavailable", registry.unavailable_reason(job.backend))
         progress.update(index, job, f"unavailable: {row['error']}", final=True)
         return row
 
-    env = dict(os.environ, PYTHONPATH=str(backends.PROJECT_ROOT), **thread_environment(options.threads))
+    env = dict(os.environ, PYTHONPATH=str(registry.PROJECT_ROOT), **thread_environment(options.threads))
     request = {"job": job.to_dict(), "data_dir": str(options.data_dir), "threads": options.threads}
     if options.bench_timing:
         request["bench_timing"] = True
     log_path = folder.log_path(job)
     with open(log_path, "w") as log:
-        process = subprocess.Popen([info.interpreter, "-m", "backends.worker", "run"], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, stderr=log, cwd=backends.PROJECT_ROOT, env=env, text=True)
+        process = subprocess.Popen([info.interpreter, "-m", "experiments.worker"], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=log, cwd=registry.PROJECT_ROOT, env=env, text=True)
         process.stdin.write(json.dumps(request))
         process.stdin.close()
         events: queue.Queue = queue.Queue()
@@ -127,7 +105,7 @@ def run_job(job: Job, index: int, folder: RunFolder, options: RunOptions, progre
                 folder.append("epochs", dict(keys["keys"], **{k: event[k] for k in event if k != "event"},
                                              **keys["params"]))
                 progress.update(index, job, f"epoch {event['epoch']}/{job.train.epochs} "
-                                f"{_bar(event['epoch'], job.train.epochs)} val_acc {event['val_acc']:.4f} "
+                                f"{bar(event['epoch'], job.train.epochs)} val_acc {event['val_acc']:.4f} "
                                 f"{event['epoch_seconds']:.2f} s/epoch")
             elif kind == "record":
                 clash = sorted(set(event["row"]) & (set(keys["keys"]) | set(keys["params"])))
@@ -165,13 +143,11 @@ def run_experiment(experiment: Experiment, options: RunOptions, *, argv: list[st
 
     ``between_jobs(job)`` runs before each job, while no worker is alive, and once more with None after the last
     (the bench times its floor there)."""
-    from experiments.report import run_metadata
-
     folder = RunFolder(options.out_dir)
-    jobs = experiment.jobs(lambda name: backends.resolve(name).modes)
+    jobs = experiment.jobs(lambda name: registry.resolve(name).modes)
     progress = Progress(options.progress, len(jobs))
     versions: dict[str, str] = {}
-    meta = run_metadata(root=backends.PROJECT_ROOT, threads=options.threads, argv=argv or sys.argv,
+    meta = run_metadata(root=registry.PROJECT_ROOT, threads=options.threads, argv=argv or sys.argv,
                         versions=versions)
     meta.update(experiment=experiment.name, data_dir=str(options.data_dir), jobs=len(jobs),
                 started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))

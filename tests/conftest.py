@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import backends
-from backends.remote import RemoteBackend
+from backends.remote.client import RemoteBackend
 from experiments import data
-from experiments.spec import ModelSpec, TrainSpec
+from backends.contract.spec import ModelSpec, TrainSpec
 
 
 def backends_under_test() -> list[str]:
@@ -24,13 +24,17 @@ def backends_under_test() -> list[str]:
     return [backends.resolve(n).name for n in names]
 
 
-def require_backend(name: str) -> None:
+def require_backend(name: str, *, module_level: bool = False) -> None:
+    """Skip when the backend's framework is missing, or fail under ``HARNESS_REQUIRE_BACKENDS=1``.
+
+    ``module_level``: called at a test module's top, before it imports the framework (a failure there is a
+    collection error, which fails the run)."""
     if backends.is_available(name):
         return
     reason = backends.unavailable_reason(name)
     if os.environ.get("HARNESS_REQUIRE_BACKENDS") == "1":
-        pytest.fail(f"HARNESS_REQUIRE_BACKENDS=1 but {reason}")
-    pytest.skip(reason)
+        pytest.fail(f"HARNESS_REQUIRE_BACKENDS=1 but {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=module_level)
 
 
 class BackendFactory:
@@ -45,7 +49,7 @@ class BackendFactory:
         require_backend(name)
         model, train = model or ModelSpec(), train or TrainSpec()
         if params is None and shared_init:
-            from backends.base import shared_init as draw
+            from backends.contract import shared_init as draw
 
             params = draw(model, seed)
         info = backends.resolve(name)

@@ -3,7 +3,6 @@
 Timings are never compared with thresholds here: only what must hold whatever the machine's load (positive times,
 ratio = median / floor, IQR >= 0, a harness share in [0, 1)).
 """
-import csv
 import json
 import math
 import subprocess
@@ -12,7 +11,9 @@ import sys
 import pytest
 
 import backends
-from experiments import bench
+from experiments import cli, stats
+from experiments.bench import floor as bench_floor
+from tests.helpers import read_csv
 
 HARNESS = [sys.executable, str(backends.PROJECT_ROOT / "harness.py")]
 DOCUMENTED = ["backend", "mode", "device", "status", "error", "framework_version", "threads", "import_seconds",
@@ -21,31 +22,26 @@ DOCUMENTED = ["backend", "mode", "device", "status", "error", "framework_version
               "floor_seconds", "ratio_to_floor"]
 
 
-def read_csv(path):
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 def test_flop_formula_equals_the_hand_count_for_the_d2l_mlp():
     b = 256
     forward = 2 * b * 784 * 256 + 2 * b * 256 * 256 + 2 * b * 256 * 10
     kernel_grads = 2 * 256 * b * 10 + 2 * 256 * b * 256 + 2 * 784 * b * 256  # X^T dZ: (in x B) @ (B x out)
     input_grads = 2 * b * 10 * 256 + 2 * b * 256 * 256 + 2 * b * 256 * 784  # dZ W^T, layers 3, 2 and 1
-    assert bench.step_flops((784, 256, 256, 10), b) == forward + kernel_grads + input_grads == 3 * forward
-    assert sum(g["flops"] for g in bench.step_gemms((784, 256, 256, 10), b)) == forward + kernel_grads + input_grads
-    assert len(bench.step_gemms((784, 256, 256, 10), b)) == 9
-    assert bench.epoch_flops((784, 256, 256, 10), 60_000) == 1_612_800 * 60_000  # 96.8 GFLOP
+    assert bench_floor.step_flops((784, 256, 256, 10), b) == forward + kernel_grads + input_grads == 3 * forward
+    assert sum(g["flops"] for g in bench_floor.step_gemms((784, 256, 256, 10), b)) == forward + kernel_grads + input_grads
+    assert len(bench_floor.step_gemms((784, 256, 256, 10), b)) == 9
+    assert bench_floor.epoch_flops((784, 256, 256, 10), 60_000) == 1_612_800 * 60_000  # 96.8 GFLOP
     # baselines.md's 96.6 GFLOP is the same count over its 234 full batches (bare_loops.py drops the partial batch)
-    assert round(bench.epoch_flops((784, 256, 256, 10), 234 * 256) / 1e9, 1) == 96.6
+    assert round(bench_floor.epoch_flops((784, 256, 256, 10), 234 * 256) / 1e9, 1) == 96.6
 
 
 def test_quartiles_match_numpy():
     import numpy as np
 
     values = [0.9, 1.3, 1.0, 1.1, 2.5]
-    median, q1, q3 = bench._quartiles(values)
+    median, q1, q3 = stats.quartiles(values)
     assert (median, q1, q3) == pytest.approx((np.median(values), *np.percentile(values, [25, 75])))
-    assert bench._quartiles([1.5]) == (1.5, 1.5, 1.5)
+    assert stats.quartiles([1.5]) == (1.5, 1.5, 1.5)
 
 
 @pytest.fixture(scope="module")
@@ -101,22 +97,22 @@ def test_numpy_bench_numbers_are_sane(numpy_bench):
     assert floor["step_seconds"] == pytest.approx(sum(g["median_seconds"] for g in floor["gemms"]), rel=1e-12)
     assert all(g["best_seconds"] <= g["median_seconds"] for g in floor["gemms"])
     assert [m["when"] for m in floor["measurements"]] == ["before numpy eager", "after the last job"]
-    assert all(len(g["samples"]) == floor["rounds"] == 2 * bench.FLOOR_ROUNDS for g in floor["gemms"])
+    assert all(len(g["samples"]) == floor["rounds"] == 2 * bench_floor.FLOOR_ROUNDS for g in floor["gemms"])
 
 
 def test_the_floor_pools_the_rounds_of_its_measurements():
     def measured(seconds: list[float]) -> dict:
         gemms = [dict(name=f"g{i}", flops=1e9, samples=list(seconds)) for i in range(2)]
-        return {**bench._summarize(gemms), "rounds": len(seconds)}
+        return {**bench_floor._summarize(gemms), "rounds": len(seconds)}
 
-    floor = bench.pool_floors([measured([1.0, 1.0, 1.5]), measured([3.0, 3.0, 2.5])], ["a", "b"])
+    floor = bench_floor.pool_floors([measured([1.0, 1.0, 1.5]), measured([3.0, 3.0, 2.5])], ["a", "b"])
     assert [g["median_seconds"] for g in floor["gemms"]] == [2.0, 2.0]  # median of the six pooled rounds
     assert floor["step_seconds"] == 4.0 and floor["rounds"] == 6 and floor["step_seconds_best"] == 2.0
     assert [(m["when"], m["step_seconds"]) for m in floor["measurements"]] == [("a", 2.0), ("b", 6.0)]
     assert floor["drift"] == pytest.approx(2.0)
-    alone = bench.pool_floors([measured([1.0, 2.0, 3.0]), None], ["a", "b"])  # the second measurement failed
+    alone = bench_floor.pool_floors([measured([1.0, 2.0, 3.0]), None], ["a", "b"])  # the second measurement failed
     assert alone["step_seconds"] == 4.0 and [m["when"] for m in alone["measurements"]] == ["a"]
-    assert bench.pool_floors([None], ["a"]) is None
+    assert bench_floor.pool_floors([None], ["a"]) is None
 
 
 def test_unavailable_backend_and_missing_mode_give_rows_not_failures(tmp_path, monkeypatch):
@@ -124,7 +120,7 @@ def test_unavailable_backend_and_missing_mode_give_rows_not_failures(tmp_path, m
     backends.framework_version.cache_clear()
     try:
         out = tmp_path / "run"
-        code = bench.main(["--backend", "mxnet", "--backend", "numpy", "--mode", "compiled", "--repeats", "1",
+        code = cli.main(["bench", "--backend", "mxnet", "--backend", "numpy", "--mode", "compiled", "--repeats", "1",
                            "--train-limit", "512", "--threads", "1", "--out", str(out)])
     finally:
         backends.framework_version.cache_clear()
@@ -140,7 +136,7 @@ def test_unavailable_backend_and_missing_mode_give_rows_not_failures(tmp_path, m
 
 def test_gpu_on_a_backend_without_one_is_an_unavailable_row(tmp_path):
     out = tmp_path / "run"
-    code = bench.main(["--backend", "numpy", "--device", "gpu", "--repeats", "1", "--train-limit", "512",
+    code = cli.main(["bench", "--backend", "numpy", "--device", "gpu", "--repeats", "1", "--train-limit", "512",
                        "--threads", "1", "--out", str(out)])
     assert code == 1
     (row,) = read_csv(out / "bench.csv")

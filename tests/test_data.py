@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import data
+from experiments import data, data_files
 from experiments.data import DataError
 
 NAMES = list(data.FILES.values())
@@ -37,7 +37,7 @@ def isolated_environment(monkeypatch, tmp_path):
     for var in ("FASHION_MNIST_DIR", "FASHION_MNIST_URL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    monkeypatch.setattr(data, "UPSTREAM_URL", "http://127.0.0.1:9/unreachable-upstream/")
+    monkeypatch.setattr(data_files, "UPSTREAM_URL", "http://127.0.0.1:9/unreachable-upstream/")
 
 
 @pytest.fixture
@@ -46,8 +46,8 @@ def empty_search_path(monkeypatch, tmp_path) -> tuple[Path, Path]:
     cache, system = tmp_path / "cache", tmp_path / "system"
     cache.mkdir()
     system.mkdir()
-    monkeypatch.setattr(data, "cache_dir", lambda: cache)
-    monkeypatch.setattr(data, "SYSTEM_DIR", system)
+    monkeypatch.setattr(data_files, "cache_dir", lambda: cache)
+    monkeypatch.setattr(data_files, "SYSTEM_DIR", system)
     return cache, system
 
 

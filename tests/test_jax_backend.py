@@ -11,28 +11,22 @@ import numpy as np
 import pytest
 
 import backends
-from backends import base
+from backends import contract
 from experiments import data
-from experiments.spec import ModelSpec, TrainSpec
+from backends.contract.spec import ModelSpec, TrainSpec
+from tests.conftest import require_backend
+from tests.helpers import assert_close
 
-pytestmark = pytest.mark.skipif(not backends.is_available("jax"), reason=backends.unavailable_reason("jax"))
+require_backend("jax", module_level=True)
 
 RTOL = 1e-5
 MODES = ("eager", "compiled")
 IMPLS = ("concise", "scratch")
 
 
-def assert_close(actual, expected, what: str, rtol: float = RTOL) -> None:
-    actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    scale = max(float(np.abs(expected).max()), 1e-12)
-    error = float(np.abs(actual - expected).max())
-    assert error <= rtol * scale, f"{what}: max abs error {error:.3g} > {rtol:g} x scale {scale:.3g}"
-
-
-def same_examples_epoch(fashion, steps: int = 8) -> base.EpochBatches:
+def same_examples_epoch(fashion, steps: int = 8) -> contract.EpochBatches:
     """An epoch whose batches all hold the same 256 examples, in the same order."""
-    return base.EpochBatches(x=fashion.train_x[:256], y=fashion.train_y[:256],
+    return contract.EpochBatches(x=fashion.train_x[:256], y=fashion.train_y[:256],
                              order=np.tile(np.arange(256), steps), batch_size=256)
 
 
@@ -76,7 +70,7 @@ def two_epochs(make_backend, fashion, *, mode: str, model: ModelSpec, seed: int 
     metrics, losses = [], []
     for epoch in (1, 2):
         order = data.epoch_order(n, seed=seed, epoch=epoch)
-        metrics.append(backend.train_epoch(batches=base.EpochBatches(x=x, y=y, order=order, batch_size=256)))
+        metrics.append(backend.train_epoch(batches=contract.EpochBatches(x=x, y=y, order=order, batch_size=256)))
         losses.append(backend.last_epoch_step_losses)
     return backend, metrics, np.concatenate(losses)
 
@@ -108,9 +102,9 @@ def test_same_seed_same_run_other_seed_other_run(make_backend, fashion):
         np.testing.assert_array_equal(again.get_params()[key], value, err_msg=f"same seed: {key}")
     # A different seed with the SAME init and batch order isolates the noise: it must change the run.
     other = make_backend("jax", model=model, train=TrainSpec(mode=mode, seed=2), seed=2,
-                         params=base.shared_init(model, 1))
+                         params=contract.shared_init(model, 1))
     x, y = fashion.train_x[:2000], fashion.train_y[:2000]
-    other.train_epoch(batches=base.EpochBatches(x=x, y=y, order=data.epoch_order(2000, seed=1, epoch=1),
+    other.train_epoch(batches=contract.EpochBatches(x=x, y=y, order=data.epoch_order(2000, seed=1, epoch=1),
                                                 batch_size=256))
     assert not np.array_equal(other.last_epoch_step_losses, first_losses[:8]), "the seed does not reach the noise"
 
@@ -123,7 +117,7 @@ def test_no_retrace_after_the_first_epoch(make_backend, fashion, mode):
     stepper = "scan_epoch" if mode == "compiled" else "eager_step"
     for epoch in (1, 2, 3):
         order = data.epoch_order(1000, seed=0, epoch=epoch)
-        backend.train_epoch(batches=base.EpochBatches(x=x, y=y, order=order, batch_size=256))
+        backend.train_epoch(batches=contract.EpochBatches(x=x, y=y, order=order, batch_size=256))
         backend.evaluate(x=fashion.test_x, y=fashion.test_y)
         if epoch == 1:
             after_first = dict(backend.trace_counts)

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 import backends
-from backends import base
+from backends import contract
 from experiments import data
 from experiments.catalog import build
 from experiments.runner import RunOptions, run_experiment
-from experiments.spec import ModelSpec, TrainSpec
+from backends.contract.spec import ModelSpec, TrainSpec
 from tests.conftest import require_backend
 
 MODES = ("eager", "compiled")
@@ -56,7 +56,7 @@ def test_concise_dropout_at_p1_gives_zeros_and_trains_without_nan(make_backend, 
         np.testing.assert_allclose(after[key], before[key] * shrink, rtol=1e-6, atol=1e-9, err_msg=key)
     np.testing.assert_array_equal(after["dense_0/bias"], before["dense_0/bias"], err_msg="biases are not decayed")
 
-    batches = base.EpochBatches(x=x, y=y, order=np.arange(300), batch_size=256)  # a full and a partial batch
+    batches = contract.EpochBatches(x=x, y=y, order=np.arange(300), batch_size=256)  # a full and a partial batch
     metrics = backend.train_epoch(batches=batches)
     assert np.isfinite(metrics.loss) and 0 <= metrics.acc <= 1
 
@@ -68,7 +68,7 @@ def test_compiled_and_eager_agree_step_by_step(make_backend, fashion, impl, nois
     model = ModelSpec(impl=impl, noise=noise, dropouts=(0.3, 0.5))
     sizes = (256, 100, 256, 100)  # the compiled graph meets a second shape, and the first one again
     rng = np.random.default_rng(4)
-    steps = [(start, size, base.draw_masks(model, size, rng))
+    steps = [(start, size, contract.draw_masks(model, size, rng))
              for start, size in zip(np.cumsum((0,) + sizes[:-1]), sizes)]
     trajectories = {}
     for mode in MODES:

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from backends import base
+from backends import contract
 from backends.numpy_ref import Backend, Oracle
-from experiments.spec import NOISE_KINDS, ModelSpec, TrainSpec
+from backends.contract.spec import NOISE_KINDS, ModelSpec, TrainSpec
 
 
 def _loss(oracle, x, y, masks):
@@ -18,7 +18,7 @@ def test_gradients_match_central_differences(noise):
     x, y = rng.random((6, 12)), rng.integers(0, 5, 6)
     oracle = Oracle(model=model, train=TrainSpec())
     oracle.build(seed=0)
-    masks = base.draw_masks(model, 6, rng)
+    masks = contract.draw_masks(model, 6, rng)
     _, grads = oracle.loss_and_grads(x=x, y=y, masks=masks)
     step = 1e-6
     for name, value in oracle.params.items():
@@ -68,13 +68,13 @@ def test_float32_backend_tracks_the_oracle_and_trains_in_float32():
     double.build(seed=0)
     assert all(v.dtype == np.float32 for v in single.params.values())
     assert all(v.dtype == np.float64 for v in double.params.values())
-    masks = base.draw_masks(model, 64, rng)
+    masks = contract.draw_masks(model, 64, rng)
     assert abs(single.train_step(x=x, y=y, masks=masks) - double.train_step(x=x, y=y, masks=masks)) < 1e-5
 
 
 def test_shared_init_is_torch_like_and_seeded():
     model = ModelSpec()
-    params, again, other = base.shared_init(model, 0), base.shared_init(model, 0), base.shared_init(model, 1)
+    params, again, other = contract.shared_init(model, 0), contract.shared_init(model, 0), contract.shared_init(model, 1)
     for name, value in params.items():
         fan_in = model.param_shapes()[name.split("/")[0] + "/kernel"][0]
         bound = 1 / np.sqrt(fan_in)

@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 
 import backends
-from backends import base
+from backends import contract
 from backends.numpy_ref import Oracle
-from experiments.spec import NOISE_KINDS, ModelSpec, TrainSpec
+from backends.contract.spec import NOISE_KINDS, ModelSpec, TrainSpec
+from backends.remote.client import RemoteError
 from tests.conftest import backends_under_test
+from tests.helpers import assert_close
 
 RTOL = 1e-5
 BACKENDS = backends_under_test()
@@ -29,19 +31,10 @@ IMPLS = ("concise", "scratch")
 NOISES = tuple(NOISE_KINDS)
 
 
-def assert_close(actual, expected, what: str, rtol: float = RTOL) -> None:
-    actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    assert np.all(np.isfinite(actual)), f"{what}: not finite"
-    scale = max(float(np.abs(expected).max()), 1e-12)
-    error = float(np.abs(actual - expected).max())
-    assert error <= rtol * scale, f"{what}: max abs error {error:.3g} > {rtol:g} x scale {scale:.3g}"
-
-
 def oracle_for(model: ModelSpec, train: TrainSpec, seed: int = 0) -> Oracle:
     """The float64 reference for the same spec; it has one mode, whatever mode the backend under test runs."""
     oracle = Oracle(model=model, train=dataclasses.replace(train, mode="eager"))
-    oracle.build(seed=seed, params=base.shared_init(model, seed))
+    oracle.build(seed=seed, params=contract.shared_init(model, seed))
     return oracle
 
 
@@ -63,7 +56,7 @@ def test_rung1_canonical_layout(make_backend, name, impl):
     assert {k: v.shape for k, v in params.items()} == model.param_shapes()
     assert sum(v.size for v in params.values()) == 269_322 == model.num_params()
     assert all(v.dtype == np.float32 for v in params.values())
-    for key, value in base.shared_init(model, 0).items():  # loads exactly what it was given, no transpose lost
+    for key, value in contract.shared_init(model, 0).items():  # loads exactly what it was given, no transpose lost
         np.testing.assert_array_equal(params[key], value, err_msg=key)
 
 
@@ -71,12 +64,12 @@ def test_rung1_canonical_layout(make_backend, name, impl):
 def test_rung1_set_params_round_trip_and_shape_check(make_backend, name):
     model = ModelSpec()
     backend = make_backend(name, model=model)
-    other = base.shared_init(model, 7)
+    other = contract.shared_init(model, 7)
     backend.set_params(params=other)
     for key, value in backend.get_params().items():
         np.testing.assert_array_equal(value, other[key], err_msg=key)
     wrong = dict(other, **{"dense_0/kernel": other["dense_0/kernel"].T.copy()})
-    with pytest.raises(Exception):
+    with pytest.raises((ValueError, RemoteError), match="dense_0/kernel has shape"):
         backend.set_params(params=wrong)
 
 
@@ -127,7 +120,7 @@ def test_rung3_loss_and_grads_match_oracle(make_backend, fashion, name, impl, no
     model = ModelSpec(impl=impl, noise=noise, dropouts=(0.3, 0.5))
     train = TrainSpec()
     x, y = fashion.train_x[:256], fashion.train_y[:256]
-    masks = base.draw_masks(model, 256, np.random.default_rng(11))
+    masks = contract.draw_masks(model, 256, np.random.default_rng(11))
     loss_ref, grads_ref = oracle_for(model, train).loss_and_grads(x=x, y=y, masks=masks)
     backend = make_backend(name, model=model, train=train)
     loss, grads = backend.loss_and_grads(x=x, y=y, masks=masks)
@@ -155,7 +148,7 @@ def test_rung4_sgd_steps_match_oracle_every_step(make_backend, fashion, name, mo
     for step in range(20):
         x = fashion.train_x[step * 256:(step + 1) * 256]
         y = fashion.train_y[step * 256:(step + 1) * 256]
-        masks = base.draw_masks(model, 256, rng)
+        masks = contract.draw_masks(model, 256, rng)
         loss_ref = oracle.train_step(x=x, y=y, masks=masks)
         loss = backend.train_step(x=x, y=y, masks=masks)
         assert_close(loss, loss_ref, f"step {step} loss")
@@ -172,7 +165,7 @@ def test_whole_epoch_without_noise_matches_oracle(make_backend, fashion, name, m
     model, train = ModelSpec(dropouts=(0.0, 0.0)), TrainSpec(mode=mode, weight_decay=weight_decay)
     x, y = fashion.train_x[:1000], fashion.train_y[:1000]  # 3 full batches and one of 232
     order = np.random.default_rng(2).permutation(1000)
-    batches = base.EpochBatches(x=x, y=y, order=order, batch_size=256)
+    batches = contract.EpochBatches(x=x, y=y, order=order, batch_size=256)
     oracle = oracle_for(model, train)
     expected = oracle.train_epoch(batches=batches)
     backend = make_backend(name, model=model, train=train)
@@ -194,7 +187,7 @@ def test_whole_epoch_trains_with_native_noise_on(make_backend, fashion, name, mo
     the noise-free trajectory by far more than the ladder's tolerance, and the model must still learn."""
     model, train = ModelSpec(dropouts=(0.5, 0.5)), TrainSpec(mode=mode)
     x, y = fashion.train_x[:1000], fashion.train_y[:1000]
-    batches = base.EpochBatches(x=x, y=y, order=np.random.default_rng(2).permutation(1000), batch_size=256)
+    batches = contract.EpochBatches(x=x, y=y, order=np.random.default_rng(2).permutation(1000), batch_size=256)
     noise_free = oracle_for(dataclasses.replace(model, dropouts=(0.0, 0.0)), train)
     noise_free.train_epoch(batches=batches)
     backend = make_backend(name, model=model, train=train)
@@ -205,6 +198,41 @@ def test_whole_epoch_trains_with_native_noise_on(make_backend, fashion, name, mo
             error = float(np.abs(backend.get_params()[key] - value).max())
             assert error > 100 * RTOL * float(np.abs(value).max()), f"{key}: the epoch ran with the noise off"
     assert backend.evaluate(x=fashion.test_x[:2000], y=fashion.test_y[:2000]).loss < start.loss, "no learning"
+
+
+@pytest.mark.parametrize("name,mode", backend_mode_pairs())
+def test_native_noise_differs_between_consecutive_epochs(make_backend, fashion, name, mode):
+    """Two epochs from the same weights on the same batches: the second epoch must draw new noise (a key or seed
+    reset per epoch, or one compiled in as a constant, would repeat the first epoch's trajectory exactly)."""
+    model, train = ModelSpec(dropouts=(0.5, 0.5)), TrainSpec(mode=mode)
+    x, y = fashion.train_x[:768], fashion.train_y[:768]
+    batches = contract.EpochBatches(x=x, y=y, order=np.random.default_rng(5).permutation(768), batch_size=256)
+    backend = make_backend(name, model=model, train=train)
+    start = backend.get_params()
+    first = backend.train_epoch(batches=batches)
+    after_first = backend.get_params()
+    backend.set_params(params=start)
+    second = backend.train_epoch(batches=batches)
+    after_second = backend.get_params()
+    moved = max(float(np.abs(after_second[k] - after_first[k]).max()) / float(np.abs(after_first[k]).max())
+                for k in after_first if k.endswith("/kernel"))
+    assert moved > 100 * RTOL, f"{name}/{mode}: epoch 2 repeated epoch 1's noise (relative change {moved:.2g})"
+    assert first.loss != second.loss
+
+
+@pytest.mark.parametrize("name,mode", backend_mode_pairs())
+def test_evaluate_is_exact_over_several_chunks_with_an_uneven_last_one(make_backend, fashion, name, mode):
+    """The backends evaluate in chunks of 10,000 examples: 23,457 examples make three, the last of 3,457. The
+    reference is computed in one piece, from the oracle's logits over all of them."""
+    model, train = ModelSpec(dropouts=(0.5, 0.5)), TrainSpec(mode=mode)
+    x, y = fashion.train_x[:23_457], fashion.train_y[:23_457]
+    logits = oracle_for(model, train).forward(x=x, train=False).astype(np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    loss, acc = -float(log_probs[np.arange(len(y)), y].mean()), float(np.mean(logits.argmax(axis=1) == y))
+    evaluation = make_backend(name, model=model, train=train).evaluate(x=x, y=y)
+    assert_close(evaluation.loss, loss, f"{name}/{mode} loss over 23,457 examples")
+    assert abs(evaluation.acc - acc) <= 2 / len(y), f"{name}/{mode} accuracy {evaluation.acc} != {acc}"
 
 
 # --- rung 5: native noise statistics ------------------------------------------------------------------------------
@@ -330,7 +358,7 @@ def test_rung6_concise_and_scratch_agree(make_backend, fashion, name, noise):
     results = {}
     for impl in IMPLS:
         model = ModelSpec(impl=impl, noise=noise)
-        masks = base.draw_masks(model, 256, np.random.default_rng(3))
+        masks = contract.draw_masks(model, 256, np.random.default_rng(3))
         backend = make_backend(name, model=model)
         results[impl] = (backend.forward(x=x, train=False), *backend.loss_and_grads(x=x, y=y, masks=masks))
     assert_close(results["scratch"][0], results["concise"][0], "eval logits")

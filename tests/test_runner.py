@@ -1,5 +1,4 @@
 """The runner keeps every finished row when a job crashes, hangs, diverges or is killed, and goes on."""
-import csv
 import json
 import os
 import signal
@@ -9,11 +8,7 @@ import pytest
 import backends
 from experiments.catalog import build
 from experiments.runner import RunOptions, run_experiment
-
-
-def read_csv(path):
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+from tests.helpers import read_csv
 
 
 def options(tmp_path, data_dir, **kwargs):
@@ -47,9 +42,35 @@ def test_killed_worker_is_recorded_failed_and_the_other_job_keeps_its_rows(tmp_p
     assert [r["status"] for r in summary] == ["ok", "failed"]
 
 
-def test_silent_worker_is_killed_after_the_timeout(tmp_path, data_dir):
-    rows = run_experiment(small(seeds=(0,)), options(tmp_path, data_dir, job_timeout=0.05))
-    assert rows[0]["status"] == "failed" and rows[0]["error"].startswith("timeout")
+def test_a_worker_that_hangs_after_reporting_is_killed_after_the_timeout(tmp_path, data_dir):
+    """The worker starts, reports its first epoch, then goes silent (stopped): the timeout kills it, the reported
+    epoch stays on disk."""
+    stopped = []
+
+    def stop_after_first_epoch(job, event, process):
+        if event.get("event") == "epoch" and event["epoch"] == 1:
+            os.kill(process.pid, signal.SIGSTOP)
+            stopped.append(process.pid)
+
+    rows = run_experiment(small(seeds=(0,)), options(tmp_path, data_dir, job_timeout=3.0),
+                          on_event=stop_after_first_epoch)
+    assert stopped, "the worker never reported an epoch"
+    assert rows[0]["status"] == "failed" and rows[0]["error"].startswith("timeout"), rows[0]["error"]
+    assert rows[0]["epochs_completed"] == 1
+    assert [r["epoch"] for r in read_csv(tmp_path / "run" / "epochs.csv")] == ["1"]
+
+
+def test_a_job_that_fails_first_does_not_stop_or_lose_the_jobs_after_it(tmp_path, data_dir):
+    def kill_seed_0_at_its_start(job, event, process):
+        if job.train.seed == 0 and event.get("event") == "start":
+            os.kill(process.pid, signal.SIGKILL)
+
+    rows = run_experiment(small(seeds=(0, 1, 2), epochs=2), options(tmp_path, data_dir),
+                          on_event=kill_seed_0_at_its_start)
+    assert [(r["seed"], r["status"]) for r in rows] == [(0, "failed"), (1, "ok"), (2, "ok")]
+    epochs = read_csv(tmp_path / "run" / "epochs.csv")
+    assert [(r["seed"], r["epoch"]) for r in epochs] == [("1", "1"), ("1", "2"), ("2", "1"), ("2", "2")]
+    assert [r["status"] for r in read_csv(tmp_path / "run" / "summary.csv")] == ["failed", "ok", "ok"]
 
 
 def test_divergence_is_a_failure_with_its_reason(tmp_path, data_dir):

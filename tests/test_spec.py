@@ -4,7 +4,8 @@ import dataclasses
 import pytest
 
 from experiments.catalog import CatalogError, build
-from experiments.spec import Experiment, Job, ModelSpec, SpecError, TrainSpec, Variant
+from backends.contract.spec import ModelSpec, SpecError, TrainSpec
+from experiments.plan import Experiment, Job, Variant
 
 
 def test_defaults_are_d2ls():
@@ -67,8 +68,9 @@ def test_experiment_validates_variants_up_front():
 
 def test_catalog_refuses_a_flag_that_an_experiment_varies(monkeypatch):
     from experiments import catalog
+    from experiments.entry import Entry
 
-    entry = catalog.Entry("grid", "test", variants=(Variant("a", model={"dropouts": (0.1, 0.1)}),))
+    entry = Entry("grid", "test", number=99, variants=(Variant("a", model={"dropouts": (0.1, 0.1)}),))
     monkeypatch.setitem(catalog.CATALOG, "grid", entry)
     with pytest.raises(CatalogError, match="varies dropouts"):
         build("grid", backends=["numpy"], model_overrides={"dropouts": (0.3, 0.3)})

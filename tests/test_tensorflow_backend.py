@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backends import base
-from experiments.spec import ModelSpec, TrainSpec
+from backends import contract
+from backends.contract.spec import ModelSpec, TrainSpec
 
 NAME = "tensorflow"
 MODES = ("eager", "compiled")
@@ -23,7 +23,7 @@ def _batch(fashion, n=128, start=0):
 
 def _epoch_batches(fashion, n=600, seed=0, batch_size=256):
     x, y = fashion.train_x[:n], fashion.train_y[:n]
-    return base.EpochBatches(x=x, y=y, order=np.random.default_rng(seed).permutation(n), batch_size=batch_size)
+    return contract.EpochBatches(x=x, y=y, order=np.random.default_rng(seed).permutation(n), batch_size=batch_size)
 
 
 def _ce(logits, y):
@@ -37,7 +37,7 @@ def _ce(logits, y):
 @pytest.mark.parametrize("mode", MODES)
 def test_b1_dropout_active_in_train_step(make_backend, fashion, mode, impl):
     x, y = _batch(fashion)
-    start = base.shared_init(ModelSpec(), 0)
+    start = contract.shared_init(ModelSpec(), 0)
 
     def two_steps_from_the_same_weights(p):
         backend = make_backend(NAME, model=ModelSpec(impl=impl, dropouts=(p, p)), train=TrainSpec(mode=mode))
@@ -60,7 +60,7 @@ def test_b1_dropout_active_in_train_step(make_backend, fashion, mode, impl):
 @pytest.mark.parametrize("mode", MODES)
 def test_b1_dropout_active_in_train_epoch(make_backend, fashion, mode):
     """The timed path (in compiled mode: the whole epoch as one tf.function) trains with dropout on."""
-    start = base.shared_init(ModelSpec(), 0)
+    start = contract.shared_init(ModelSpec(), 0)
     batches = _epoch_batches(fashion, n=512)
 
     def two_epochs_from_the_same_weights(p):
@@ -133,7 +133,7 @@ def test_compiled_no_retrace_after_first_epoch(make_backend, fashion):
     x_all, y_all = fashion.train_x[:1000], fashion.train_y[:1000]  # 3 full batches and a partial one of 232
     for epoch in range(3):
         order = np.random.default_rng(epoch).permutation(1000)
-        backend.train_epoch(batches=base.EpochBatches(x=x_all, y=y_all, order=order, batch_size=256))
+        backend.train_epoch(batches=contract.EpochBatches(x=x_all, y=y_all, order=order, batch_size=256))
         backend.evaluate(x=fashion.test_x[:500], y=fashion.test_y[:500])
         if epoch == 0:
             after_first = backend.trace_count

@@ -8,18 +8,21 @@ import math
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from tests.conftest import require_backend  # noqa: E402
 
-from backends import base  # noqa: E402
+require_backend("torch", module_level=True)
+import torch  # noqa: E402
+
+from backends import contract  # noqa: E402
 from backends import torch_backend as tb  # noqa: E402
-from experiments.spec import ModelSpec, TrainSpec  # noqa: E402
+from backends.contract.spec import ModelSpec, TrainSpec  # noqa: E402
 
 SMALL = dict(num_inputs=20, hiddens=(32, 24), num_outputs=5)
 
 
 def make(model: ModelSpec, train: TrainSpec | None = None, seed: int = 0, shared: bool = True) -> tb.Backend:
     backend = tb.Backend(model=model, train=train or TrainSpec(), threads=2)
-    backend.build(seed=seed, params=base.shared_init(model, seed) if shared else None)
+    backend.build(seed=seed, params=contract.shared_init(model, seed) if shared else None)
     return backend
 
 
@@ -65,7 +68,7 @@ def test_native_training_leaves_the_global_rng_alone(impl):
     before = torch.get_rng_state()
     backend.train_step(x=x, y=y)
     backend.activations(x=x, train=True)
-    backend.train_epoch(batches=base.EpochBatches(x=x, y=y, order=np.arange(64), batch_size=16))
+    backend.train_epoch(batches=contract.EpochBatches(x=x, y=y, order=np.arange(64), batch_size=16))
     assert torch.equal(torch.get_rng_state(), before), "a native step drew from torch's global RNG"
 
 
@@ -104,13 +107,13 @@ def test_gpu_matches_cpu_and_leaves_the_cuda_rng_alone(impl):
     model = ModelSpec(impl=impl, **SMALL)
     gpu, cpu = make(model, TrainSpec(device="gpu")), make(model)
     x, y = batch()
-    masks = base.draw_masks(model, len(x), np.random.default_rng(0))
+    masks = contract.draw_masks(model, len(x), np.random.default_rng(0))
     for backend in (gpu, cpu):
         backend.train_step(x=x, y=y, masks=masks)
     for key, value in cpu.get_params().items():
         np.testing.assert_allclose(gpu.get_params()[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
     before = torch.cuda.get_rng_state()
-    gpu.train_epoch(batches=base.EpochBatches(x=x, y=y, order=np.arange(64), batch_size=16))
+    gpu.train_epoch(batches=contract.EpochBatches(x=x, y=y, order=np.arange(64), batch_size=16))
     assert torch.equal(torch.cuda.get_rng_state(), before)
     assert gpu.generator.device.type == "cuda"
 
@@ -133,10 +136,10 @@ def test_training_set_is_shared_with_numpy_and_cached():
     backend = make(ModelSpec(**SMALL))
     x, y = batch(n=100)
     order = np.random.default_rng(0).permutation(100)
-    backend.train_epoch(batches=base.EpochBatches(x=x, y=y, order=order, batch_size=32))
+    backend.train_epoch(batches=contract.EpochBatches(x=x, y=y, order=order, batch_size=32))
     xt = backend._train_cache[2]
     assert xt.data_ptr() == x.ctypes.data, "the training set was copied"
-    backend.train_epoch(batches=base.EpochBatches(x=x, y=y, order=order[::-1].copy(), batch_size=32))
+    backend.train_epoch(batches=contract.EpochBatches(x=x, y=y, order=order[::-1].copy(), batch_size=32))
     assert backend._train_cache[2] is xt, "the training set was converted again"
 
 
@@ -144,7 +147,7 @@ def test_epoch_metrics_weight_the_partial_batch():
     model = ModelSpec(dropouts=(0.0, 0.0), **SMALL)
     x, y = batch(n=50)
     order = np.arange(50)
-    epoch = make(model).train_epoch(batches=base.EpochBatches(x=x, y=y, order=order, batch_size=32))
+    epoch = make(model).train_epoch(batches=contract.EpochBatches(x=x, y=y, order=order, batch_size=32))
     stepper = make(model)
     losses = [stepper.train_step(x=x[:32], y=y[:32]), stepper.train_step(x=x[32:], y=y[32:])]
     assert epoch.loss == pytest.approx((losses[0] * 32 + losses[1] * 18) / 50, rel=1e-6)
@@ -159,13 +162,13 @@ def test_p1_still_decays_the_kernels_it_cuts_off():
     train = TrainSpec(weight_decay=0.1)
     x, y = batch()
     backend, oracle = make(model, train), Oracle(model=model, train=train)
-    oracle.build(seed=0, params=base.shared_init(model, 0))
+    oracle.build(seed=0, params=contract.shared_init(model, 0))
     for _ in range(2):
         backend.train_step(x=x, y=y)
         oracle.train_step(x=x, y=y)
     for key, value in oracle.get_params().items():
         np.testing.assert_allclose(backend.get_params()[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
-    assert not np.array_equal(backend.get_params()["dense_0/kernel"], base.shared_init(model, 0)["dense_0/kernel"])
+    assert not np.array_equal(backend.get_params()["dense_0/kernel"], contract.shared_init(model, 0)["dense_0/kernel"])
 
 
 # --- eager vs compiled -------------------------------------------------------------------------------------------
@@ -181,7 +184,7 @@ def test_eager_and_compiled_agree():
         compiled = make(model, TrainSpec(mode="compiled", **train), seed=3)
         rng = np.random.default_rng(0)
         for step in range(3):
-            masks = base.draw_masks(model, len(x), rng) if inject else None
+            masks = contract.draw_masks(model, len(x), rng) if inject else None
             torch.manual_seed(step)
             before = torch.get_rng_state()
             loss_e = eager.train_step(x=x, y=y, masks=masks)
@@ -192,7 +195,7 @@ def test_eager_and_compiled_agree():
         for key, value in params_e.items():
             scale = np.abs(value).max()
             assert np.abs(params_c[key] - value).max() <= 1e-5 * scale, f"{impl} {key}"
-        assert not np.array_equal(params_e["dense_0/kernel"], base.shared_init(model, 3)["dense_0/kernel"])
+        assert not np.array_equal(params_e["dense_0/kernel"], contract.shared_init(model, 3)["dense_0/kernel"])
     # concise compiled draws nn.Dropout's masks inside the graph (inductor, from the swapped-in default generator)
     model = ModelSpec(impl="concise", **SMALL)
 

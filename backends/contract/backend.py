@@ -7,7 +7,7 @@ Parameters travel in ONE canonical layout (``ModelSpec.param_shapes``): ``dense_
 ``dense_i/bias`` is (out,), float32. Frameworks that store (out, in) transpose at the edge.
 
 ``masks`` injects the noise so that every framework can be checked against the NumPy oracle: a list with one array per
-hidden layer, holding the random draw that ``experiments.spec.NOISE_KINDS`` names for the model's noise kind
+hidden layer, holding the random draw that ``backends.contract.spec.NOISE_KINDS`` names for the model's noise kind
 (``noise_shapes`` gives the shapes). When ``masks`` is given, ``concise`` and ``scratch`` must both apply exactly these
 draws; when it is None, the backend draws its own (the framework's layer for ``concise`` dropout, the section's
 ``dropout_layer`` for ``scratch``). Every call that draws its own noise advances the backend's noise RNG, so two
@@ -18,13 +18,12 @@ zeros, never NaN.
 from __future__ import annotations
 
 import abc
-import time
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from experiments.spec import ModelSpec, TrainSpec
+from backends.contract.spec import ModelSpec, TrainSpec
 
 Params = dict[str, np.ndarray]
 
@@ -77,46 +76,6 @@ class EpochBatches:
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for idx in self.indices():
             yield self.x[idx], self.y[idx]
-
-
-def noise_shapes(model: ModelSpec, batch_size: int) -> list[tuple[int, ...]]:
-    """Shape of the injected draw for each hidden layer: activations (B, h_i), or for dropconnect the kernel that
-    reads hidden layer i, (h_i, fan_out)."""
-    sizes = model.layer_sizes
-    if model.noise == "dropconnect":
-        return [(sizes[i + 1], sizes[i + 2]) for i in range(len(model.hiddens))]
-    return [(batch_size, width) for width in model.hiddens]
-
-
-def draw_masks(model: ModelSpec, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """NumPy draws in the form ``masks`` takes: keep masks (0/1) for dropout kinds, N(0, 1) for Gaussian kinds."""
-    masks = []
-    for shape, p in zip(noise_shapes(model, batch_size), model.dropouts):
-        if model.noise in ("dropout", "dropconnect"):
-            keep = rng.random(shape, dtype=np.float32) > p if p > 0 else np.ones(shape, dtype=bool)
-            masks.append(keep.astype(np.float32))
-        else:
-            masks.append(rng.standard_normal(shape, dtype=np.float32))
-    return masks
-
-
-def shared_init(model: ModelSpec, seed: int) -> Params:
-    """The ``shared`` initialisation, drawn once in NumPy and handed to every backend.
-
-    It is PyTorch's ``nn.Linear`` default (the D2L PyTorch tab): kernel and bias ~ U(+-1/sqrt(fan_in)).
-    """
-    rng = np.random.default_rng([seed, 0x1D17])
-    params: Params = {}
-    for name, shape in model.param_shapes().items():
-        fan_in = shape[0] if name.endswith("kernel") else model.param_shapes()[name[:-4] + "kernel"][0]
-        bound = 1.0 / np.sqrt(fan_in)
-        params[name] = rng.uniform(-bound, bound, size=shape).astype(np.float32)
-    return params
-
-
-def noise_seed(seed: int) -> int:
-    """The seed a backend gives its own noise RNG: derived from the job's seed, apart from the init stream."""
-    return int(np.random.default_rng([seed, 0xD20]).integers(0, 2**31 - 1))
 
 
 class Backend(abc.ABC):
@@ -199,21 +158,3 @@ def check_params(model: ModelSpec, params: Mapping[str, np.ndarray]) -> None:
     for name, shape in expected.items():
         if tuple(np.shape(params[name])) != shape:
             raise ValueError(f"{name} has shape {tuple(np.shape(params[name]))}, expected {shape}")
-
-
-class Stopwatch:
-    """Wall-clock timer that synchronises the backend before reading the clock."""
-
-    def __init__(self, backend: Backend | None = None) -> None:
-        self.backend = backend
-
-    def __enter__(self) -> "Stopwatch":
-        if self.backend is not None:
-            self.backend.synchronize()
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.backend is not None:
-            self.backend.synchronize()
-        self.seconds = time.perf_counter() - self.start

@@ -10,10 +10,10 @@ import os
 import subprocess
 from typing import Any
 
-import backends
-from backends import wire
-from backends.worker import thread_environment
-from experiments.spec import ModelSpec, TrainSpec
+from backends import registry
+from backends.contract import ModelSpec, TrainSpec
+from backends.contract.threads import thread_environment
+from backends.remote import wire
 
 
 class RemoteError(RuntimeError):
@@ -21,15 +21,15 @@ class RemoteError(RuntimeError):
 
 
 class RemoteBackend:
-    """Same methods and keyword arguments as ``backends.base.Backend``; each call is one round trip."""
+    """Same methods and keyword arguments as ``backends.contract.Backend``; each call is one round trip."""
 
     def __init__(self, name: str, *, model: ModelSpec, train: TrainSpec, threads: int | None = None) -> None:
-        self.info = backends.resolve(name)
+        self.info = registry.resolve(name)
         self.name, self.model, self.train = self.info.name, model, train
-        env = dict(os.environ, PYTHONPATH=str(backends.PROJECT_ROOT), **thread_environment(threads or 1))
-        self.process = subprocess.Popen([self.info.interpreter, "-m", "backends.worker", "serve",
+        env = dict(os.environ, PYTHONPATH=str(registry.PROJECT_ROOT), **thread_environment(threads or 1))
+        self.process = subprocess.Popen([self.info.interpreter, "-m", "backends.remote.serve",
                                          "--backend", self.info.name],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=backends.PROJECT_ROOT,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=registry.PROJECT_ROOT,
                                         env=env)
         self.reconfigure(model=model, train=train, threads=threads)
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import struct
+import sys
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from backends.base import EpochBatches, EpochMetrics, EvalMetrics
+from backends.contract import EpochBatches, EpochMetrics, EvalMetrics
 
 _DATACLASSES = {cls.__name__: cls for cls in (EpochMetrics, EvalMetrics, EpochBatches)}
 _HEADER = struct.Struct(">Q")
@@ -87,3 +89,19 @@ def receive(stream: BinaryIO) -> Any:
     if len(blob) < length:
         raise EOFError("peer closed the stream mid-message")
     return decode(blob)
+
+
+def claim_stdout(*, binary: bool):
+    """The process's original stdout as a private channel, with fd 1 pointed at stderr from now on.
+
+    Frameworks print to stdout at will; a worker's messages must not mix with that, so they leave on a duplicate of
+    the original stdout. Call this before any framework is imported."""
+    channel = os.fdopen(os.dup(1), "wb" if binary else "w", **({} if binary else {"buffering": 1}))
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return channel
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line for the other side: its type and its message, whitespace folded."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split()) or type(exc).__name__}"

@@ -1,0 +1,19 @@
+"""The contract every backend implements, in one place: framework-free, importable under NumPy 1.23.
+
+- ``spec``: ``ModelSpec`` and ``TrainSpec`` (validated), the constants they allow (impls, inits, modes, devices,
+  noise kinds);
+- ``backend``: the ``Backend`` base class, ``Capabilities``, the metrics, ``EpochBatches``;
+- ``noise``: the shapes and the NumPy draw of the injected noise, the noise RNG's seed;
+- ``initialization``: the ``shared`` initialisation;
+- ``timing``: the ``Stopwatch`` (synchronises the device at every reading);
+- ``threads``: the environment that sizes every framework's thread pools.
+"""
+from backends.contract.backend import (  # noqa: F401
+    Backend, Capabilities, EpochBatches, EpochMetrics, EvalMetrics, Params, check_params,
+)
+from backends.contract.initialization import shared_init  # noqa: F401
+from backends.contract.noise import draw_masks, noise_seed, noise_shapes  # noqa: F401
+from backends.contract.spec import (  # noqa: F401
+    DEVICES, IMPLS, INITS, MODES, NOISE_KINDS, ModelSpec, SpecError, TrainSpec,
+)
+from backends.contract.timing import Stopwatch  # noqa: F401

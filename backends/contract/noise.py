@@ -1,0 +1,32 @@
+"""The injected noise of the contract: its shapes, the NumPy draw the parity oracle uses, the noise RNG's seed."""
+from __future__ import annotations
+
+import numpy as np
+
+from backends.contract.spec import ModelSpec
+
+
+def noise_shapes(model: ModelSpec, batch_size: int) -> list[tuple[int, ...]]:
+    """Shape of the injected draw for each hidden layer: activations (B, h_i), or for dropconnect the kernel that
+    reads hidden layer i, (h_i, fan_out)."""
+    sizes = model.layer_sizes
+    if model.noise == "dropconnect":
+        return [(sizes[i + 1], sizes[i + 2]) for i in range(len(model.hiddens))]
+    return [(batch_size, width) for width in model.hiddens]
+
+
+def draw_masks(model: ModelSpec, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """NumPy draws in the form ``masks`` takes: keep masks (0/1) for dropout kinds, N(0, 1) for Gaussian kinds."""
+    masks = []
+    for shape, p in zip(noise_shapes(model, batch_size), model.dropouts):
+        if model.noise in ("dropout", "dropconnect"):
+            keep = rng.random(shape, dtype=np.float32) > p if p > 0 else np.ones(shape, dtype=bool)
+            masks.append(keep.astype(np.float32))
+        else:
+            masks.append(rng.standard_normal(shape, dtype=np.float32))
+    return masks
+
+
+def noise_seed(seed: int) -> int:
+    """The seed a backend gives its own noise RNG: derived from the job's seed, apart from the init stream."""
+    return int(np.random.default_rng([seed, 0xD20]).integers(0, 2**31 - 1))

@@ -1,0 +1,231 @@
+"""Pieces that several reports share: markdown tables, the final-accuracy section, findings, notes.
+
+Differences between variants are paired by seed: with the shared initialisation, variants with the same seed start
+from the same weights and see the same batches, so the per-seed difference removes most of the run-to-run noise.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from backends.contract.spec import NOISE_KINDS
+from experiments.plots import curve_plot, image_link, points_plot
+from experiments.results import Run
+from experiments.stats import describe, fmt_stat, paired, stat
+
+NOISE_RULE = ("Differences are paired by seed (the same seed gives the same initial weights and batch order in "
+              "every variant) and given as the mean over seeds, the sd over seeds, and a 95 % t-interval; a difference "
+              "is *within the seed noise* when that interval contains 0. Accuracies are in %, differences in "
+              "percentage points.")
+
+
+def rates_label(rates: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{p:g}" for p in rates) + ")"
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no finished runs)"
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(str(row.get(c, "")).replace("|", "\\|") for c in columns) + " |")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Metric:
+    column: str
+    label: str
+    scale: float = 1.0
+    digits: int = 2
+    signed: bool = False
+
+
+ACC = Metric("final_val_acc", "test acc %", 100.0)
+
+LOSS = Metric("final_val_loss", "test loss", 1.0, 4)
+
+
+def mean_spread_table(frame, metrics: Sequence[Metric], by: Sequence[str], labels: dict[str, str] | None = None,
+                      formats: dict[str, Callable[[Any], str]] | None = None) -> str:
+    """One row per group of ``by`` (in order of appearance): each metric as mean ± sd over the group's seeds."""
+    labels, formats = labels or {}, formats or {}
+    rows = []
+    for keys, group in frame.groupby(list(by), sort=False, dropna=False):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        row = {labels.get(col, col): formats.get(col, str)(key) for col, key in zip(by, keys)}
+        for metric in metrics:
+            row[metric.label] = fmt_stat(stat(group[metric.column].astype(float) * metric.scale), metric.digits,
+                                         metric.signed)
+        row["seeds"] = int(group["seed"].nunique())
+        rows.append(row)
+    return markdown(rows)
+
+
+def add_paired_delta(frame, value: str, reference: str, out: str, by: Sequence[str] = ("setup",)):
+    """A column ``out``: each row's ``value`` minus the reference variant's for the same seed (and ``by`` groups)."""
+    ref = frame[frame["variant"] == reference][[*by, "seed", value]].rename(columns={value: "_ref"})
+    merged = frame.merge(ref, on=[*by, "seed"], how="left")
+    merged[out] = merged[value] - merged["_ref"]
+    return merged.drop(columns="_ref")
+
+
+def final_accuracy_section(run: Run, reference: str | None, params: Sequence[tuple[str, str]],
+                           heading: str = "Final test accuracy") -> list[str]:
+    """The table of final accuracy and loss per setup and variant (with the difference to ``reference`` paired
+    by seed), the per-variant points plot and the test-accuracy curves."""
+    frame = run.ok
+    if len(frame) == 0:
+        return [f"## {heading}", "", "No job finished; see the runs table below."]
+    metrics = [ACC, LOSS]
+    if reference is not None and reference in set(frame["variant"]):
+        frame = add_paired_delta(frame, "final_val_acc", reference, "delta_acc")
+        frame.loc[frame["variant"] == reference, "delta_acc"] = math.nan  # the reference itself: shown as "-"
+        metrics.append(Metric("delta_acc", f"Δ acc vs {reference} (points)", 100.0, 2, True))
+    labels = {column: label for column, label in params}
+    table = mean_spread_table(frame, metrics, ["setup", "variant", *(c for c, _ in params)], labels=labels,
+                              formats={c: (lambda v: f"{v:g}" if isinstance(v, float) else str(v))
+                                       for c, _ in params})
+    epochs = int(frame["epochs"].max())
+    plot_frame = frame.assign(acc_pct=frame["final_val_acc"] * 100)
+    points = points_plot(plot_frame, x="variant", y="acc_pct", hue="setup", path=run.image("final_accuracy.png"),
+                         title=f"{run.experiment}: test accuracy after {epochs} epochs", ylabel="test accuracy (%)")
+    epochs_table = run.table("epochs")
+    lines = [f"## {heading}", "", f"After {epochs} epochs, on the 10,000 test images (noise off); mean ± sd over "
+             "seeds.", "", table, "", image_link(points, "final test accuracy per variant")]
+    if "delta_acc" in frame:
+        deltas = frame[frame["variant"] != reference].assign(delta_pct=lambda f: f["delta_acc"] * 100)
+        delta_plot = points_plot(deltas, x="variant", y="delta_pct", hue="setup", zero_line=True,
+                                 path=run.image("difference_to_reference.png"),
+                                 title=f"{run.experiment}: test accuracy minus {reference}'s, seed by seed",
+                                 ylabel=f"Δ test accuracy vs {reference} (points)")
+        lines += ["", image_link(delta_plot, f"difference to {reference} per seed")]
+    if epochs_table is not None and len(epochs_table):
+        curves = curve_plot(epochs_table.assign(val_acc_pct=epochs_table["val_acc"] * 100), x="epoch",
+                            y="val_acc_pct", hue="variant", col="setup" if len(run.setups) > 1 else None,
+                            path=run.image("test_accuracy_curves.png"), title=f"{run.experiment}: test accuracy",
+                            ylabel="test accuracy (%)")
+        lines += ["", image_link(curves, "test accuracy per epoch")]
+    return lines
+
+
+def setup_frames(run: Run, frame=None) -> Iterable[tuple[str, Any]]:
+    frame = run.ok if frame is None else frame
+    for setup in run.setups:
+        yield setup, frame[frame["setup"] == setup]
+
+
+def setup_heading(run: Run, setup: str) -> str:
+    return f"**{setup}**: " if len(run.setups) > 1 else ""
+
+
+def findings(paragraphs: list[str]) -> list[str]:
+    return ["## What the numbers show", "", NOISE_RULE, "", *[f"- {p}" for p in paragraphs]]
+
+
+def ranking(head: str, frame) -> str:
+    """The variants ordered by mean final test accuracy."""
+    means = frame.groupby("variant", sort=False)["final_val_acc"].mean().mul(100).sort_values(ascending=False)
+    return f"{head}ranking by mean test accuracy: " + ", ".join(f"{v} {m:.2f} %" for v, m in means.items()) + "."
+
+
+def matched_comparisons(run: Run, pairs: list[tuple[str, str]], reference: str | None) -> list[str]:
+    """Sentences: every (a, b) pair as b minus a, and every variant against ``reference``."""
+    text = []
+    for setup, f in setup_frames(run):
+        head = setup_heading(run, setup)
+        present = set(f["variant"])
+        text.append(ranking(head, f))
+        for a, b in pairs:
+            if a in present and b in present:
+                text.append(f"{head}{b} minus {a}: {describe(paired(f, 'final_val_acc', a, b).scaled(100))}.")
+        if reference in present:
+            for v in run.variants:
+                if v != reference and v in present and (reference, v) not in pairs:
+                    text.append(f"{head}{v} minus {reference}: "
+                                f"{describe(paired(f, 'final_val_acc', reference, v).scaled(100))}.")
+    return text
+
+
+def noise_kinds_note(run: Run) -> list[str]:
+    """The definitions (from the spec) of the noise kinds this run used, rate p_i being hidden layer i's value."""
+    kinds = list(dict.fromkeys(str(k) for k in run.summary["noise"]))
+    return ["Noise kinds (from `backends/contract/spec.py`; the rate p is the hidden layer's value of `--dropout`):", "",
+            *[f"- `{k}`: {NOISE_KINDS[k]}" for k in kinds if k in NOISE_KINDS], ""]
+
+
+def activation_frame(run: Run):
+    acts = run.table("activations")
+    if acts is None or len(acts) == 0:
+        return None
+    acts = acts.copy()
+    acts["rms"] = np.sqrt(acts["mean_sq"])
+    return acts
+
+
+def across_setups(run: Run) -> list[str]:
+    """With several backends: how far apart their mean final test accuracies are, per variant."""
+    if len(run.setups) < 2:
+        return []
+    means = run.ok.groupby(["variant", "setup"], sort=False)["final_val_acc"].mean().mul(100).unstack("setup")
+    ranges = (means.max(axis=1) - means.min(axis=1)).dropna()
+    if ranges.empty:
+        return []
+    widest = ranges.idxmax()
+    return ["## Across backends", "",
+            f"Mean final test accuracy per variant differs between the {len(run.setups)} backends by at most "
+            f"{ranges.max():.2f} points ({widest}: " + ", ".join(f"{k} {v:.2f} %" for k, v in means.loc[widest].items())
+            + f"); the median over variants is {ranges.median():.2f} points. The sentences above are per backend.", ""]
+
+
+def report_header(run: Run, description: str) -> list[str]:
+    ok = run.ok
+    lines = [f"# {run.experiment}", "", description, ""]
+    facts = []
+    if run.meta.get("command"):
+        facts.append(f"command: `{run.meta['command']}`")
+    versions = run.meta.get("frameworks") or {}
+    backends = list(dict.fromkeys(run.summary["backend"]))
+    facts.append("backends: " + ", ".join(f"{b} {versions.get(b, '')}".strip() for b in backends))
+    facts.append("seeds: " + ", ".join(str(s) for s in sorted(set(run.summary["seed"]))))
+    facts.append(f"epochs: {int(run.summary['epochs'].max())}")
+    facts.append(f"jobs finished: {len(ok)}/{len(run.summary)}")
+    lines += ["; ".join(facts) + ".", ""]
+    limit = run.summary["train_limit"].dropna() if "train_limit" in run.summary else []
+    if len(limit):
+        lines += [f"**Smoke run:** trained on the first {int(limit.max()):,} training images only; these numbers "
+                  "are not the exercise's answer.", ""]
+    failed = run.summary[run.summary["status"] != "ok"]
+    if len(failed):
+        lines += [f"**{len(failed)} job(s) did not finish** and are left out of every number below (see the runs "
+                  "table at the end).", ""]
+    return lines
+
+
+def side_by_side(summary_rows: Iterable[dict[str, Any]]) -> str:
+    """Jobs grouped by backend, implementation, mode and variant; accuracy as mean and spread over seeds."""
+    frame = pd.DataFrame(list(summary_rows))
+    if frame.empty:
+        return "(no jobs)"
+    groups = []
+    for keys, group in frame.groupby(["variant", "backend", "impl", "mode"], sort=False):
+        ok = group[group["status"] == "ok"]
+        accuracy = ok["final_val_acc"].astype(float) if len(ok) else pd.Series(dtype=float)
+        groups.append({
+            "variant": keys[0], "backend": keys[1], "impl": keys[2], "mode": keys[3],
+            "jobs ok": f"{len(ok)}/{len(group)}",
+            "val_acc": f"{accuracy.mean():.4f}" if len(accuracy) else "-",
+            "± sd": f"{accuracy.std(ddof=1):.4f}" if len(accuracy) > 1 else "",
+            "val_loss": f"{ok['final_val_loss'].astype(float).mean():.4f}" if len(ok) else "-",
+            "1st epoch s": f"{ok['first_epoch_seconds'].astype(float).median():.2f}" if len(ok) else "-",
+            "epoch s": f"{ok['median_epoch_seconds'].astype(float).median():.2f}" if len(ok) else "-",
+            "samples/s": f"{ok['samples_per_second'].astype(float).median():,.0f}" if len(ok) else "-",
+            "version": next((str(v) for v in group.get("framework_version", []) if isinstance(v, str)), ""),
+            "problem": "; ".join(sorted({str(e) for e in group["error"] if isinstance(e, str) and e})),
+        })
+    return pd.DataFrame(groups).to_string(index=False)

@@ -1,0 +1,124 @@
+"""Numbers over seeds and over epochs: the one place each statistic of the reports and the bench is defined.
+
+- ``Stat`` / ``stat`` / ``paired``: a value over seeds (mean, sd, n, 95 % t-interval), and B minus A paired by seed;
+- ``fmt_stat`` / ``describe``: the number and the sentence for a difference, beyond the seed noise or within it;
+- ``steady_epochs``: the steady epoch time of a job (median and quartiles of epochs 2..E; epoch 1 carries
+  compilation and warm-up).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+         20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
+         29: 2.045, 30: 2.042}
+
+
+@dataclass(frozen=True)
+class Stat:
+    """A quantity over seeds: mean, sample sd and count."""
+
+    mean: float
+    sd: float
+    n: int
+    above: int = 0  # seeds with a value above 0
+    below: int = 0  # seeds with a value below 0
+
+    @property
+    def half_width(self) -> float:
+        """Half-width of the 95 % t-interval of the mean (NaN for fewer than two seeds)."""
+        if self.n < 2 or not math.isfinite(self.sd):
+            return math.nan
+        return _T975.get(self.n - 1, 1.96) * self.sd / math.sqrt(self.n)
+
+    @property
+    def clear(self) -> bool:
+        """True when the 95 % interval excludes 0: the difference is beyond the seed noise."""
+        return self.n >= 2 and math.isfinite(self.half_width) and abs(self.mean) > self.half_width
+
+    def scaled(self, factor: float) -> "Stat":
+        above, below = (self.above, self.below) if factor >= 0 else (self.below, self.above)
+        return Stat(self.mean * factor, self.sd * abs(factor), self.n, above, below)
+
+
+def stat(values: Iterable[float]) -> Stat:
+    v = np.asarray([float(x) for x in values], dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return Stat(math.nan, math.nan, 0)
+    return Stat(float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan, len(v), int((v > 0).sum()),
+                int((v < 0).sum()))
+
+
+def paired(frame, value: str, a: str, b: str, key: str = "variant") -> Stat:
+    """``value`` of ``b`` minus that of ``a``, seed by seed, over the seeds both have (one setup's rows)."""
+    left = frame[frame[key] == a].groupby("seed")[value].mean()
+    right = frame[frame[key] == b].groupby("seed")[value].mean()
+    common = left.index.intersection(right.index)
+    return stat((right[common] - left[common]).to_numpy())
+
+
+def fmt_stat(s: Stat, digits: int = 2, signed: bool = False) -> str:
+    """``85.29 ± 0.25`` (mean ± sd over seeds), or the bare mean for one seed, or ``-``."""
+    if s.n == 0:
+        return "-"
+    mean = f"{s.mean:+.{digits}f}" if signed else f"{s.mean:.{digits}f}"
+    return mean if s.n < 2 else f"{mean} ± {s.sd:.{digits}f}"
+
+
+def describe(s: Stat, unit: str = "points", digits: int = 2) -> str:
+    """A difference in words: its size and sign, its spread over seeds, and whether it is beyond the seed noise."""
+    if s.n == 0:
+        return "not measured (no finished runs to compare)"
+    head = f"{s.mean:+.{digits}f} {unit}"
+    if s.n < 2:
+        return f"{head} (one seed: no spread to judge)"
+    lo, hi = s.mean - s.half_width, s.mean + s.half_width
+    verdict = "beyond the seed noise" if s.clear else "within the seed noise"
+    signs = f"negative in {s.below}" if s.mean < 0 else f"positive in {s.above}"
+    return (f"{head} (sd {s.sd:.{digits}f} over {s.n} seeds, {signs} of them; 95 % CI {lo:+.{digits}f} to "
+            f"{hi:+.{digits}f}: {verdict})")
+
+
+@dataclass(frozen=True)
+class Steady:
+    """The steady epoch time of one job: median and quartiles (linear interpolation, NumPy's default)."""
+
+    median: float
+    q1: float
+    q3: float
+    epochs: int
+
+    @property
+    def iqr(self) -> float:
+        return self.q3 - self.q1
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    """Median and the 25th/75th percentiles with linear interpolation (NumPy's default)."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0], ordered[0], ordered[0]
+
+    def at(q: float) -> float:
+        position = q * (len(ordered) - 1)
+        low = math.floor(position)
+        high = min(low + 1, len(ordered) - 1)
+        return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+    return statistics.median(ordered), at(0.25), at(0.75)
+
+
+def steady_epochs(epoch_seconds: Sequence[float]) -> Steady | None:
+    """Epochs 2..E of a job's epoch times (epoch 1 carries compilation and warm-up); None with fewer than two."""
+    steady = list(epoch_seconds[1:])
+    if not steady:
+        return None
+    median, q1, q3 = quartiles(steady)
+    return Steady(median, q1, q3, len(steady))

@@ -1,0 +1,108 @@
+"""The layout keeps its promises: imports point one way (experiments -> backends), no import cycle anywhere (imports
+inside functions included), a framework is imported only by its own backend, and modules stay small."""
+from __future__ import annotations
+
+import ast
+import graphlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+import backends
+
+ROOT = backends.PROJECT_ROOT
+PACKAGES = ("backends", "experiments")
+FRAMEWORKS = {"torch": "backends.torch_backend", "jax": "backends.jax_backend", "flax": "backends.jax_backend",
+              "optax": "backends.jax_backend", "tensorflow": "backends.tensorflow_backend",
+              "keras": "backends.tensorflow_backend", "mxnet": "backends.mxnet_backend"}
+FRAMEWORK_BACKENDS = set(FRAMEWORKS.values())
+MAX_LINES = 400
+
+
+def project_modules(root: Path) -> dict[str, Path]:
+    modules = {"harness": root / "harness.py"}
+    for package in PACKAGES:
+        for path in (root / package).rglob("*.py"):
+            parts = path.relative_to(root).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            modules[name] = path
+    return modules
+
+
+def imported_names(path: Path) -> set[str]:
+    """Every module an import statement names, wherever it stands (top level, function, try block)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """module -> the project modules it imports (``from a import b`` counts as a.b when b is a module)."""
+    modules = project_modules(root)
+    return {name: {n for n in imported_names(path) if n in modules and n != name} for name, path in modules.items()}
+
+
+def layering_violations(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{module} imports {target}" for module, targets in graph.items() for target in targets
+                  if module.split(".")[0] == "backends" and target.split(".")[0] == "experiments")
+
+
+def cycles(graph: dict[str, set[str]]) -> list[str]:
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as exc:
+        return [" -> ".join(exc.args[1])]
+    return []
+
+
+def test_backends_never_import_experiments():
+    assert layering_violations(import_graph(ROOT)) == []
+
+
+def test_there_is_no_import_cycle():
+    assert cycles(import_graph(ROOT)) == []
+
+
+def test_the_checks_fail_on_a_backward_import_and_on_a_cycle(tmp_path):
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "harness.py", tmp_path / "harness.py")
+    assert layering_violations(import_graph(tmp_path)) == [] and cycles(import_graph(tmp_path)) == []
+    numpy_ref = tmp_path / "backends" / "numpy_ref.py"
+    numpy_ref.write_text(numpy_ref.read_text() + "\n\ndef late():\n    from experiments import plan\n")
+    assert "backends.numpy_ref imports experiments.plan" in layering_violations(import_graph(tmp_path))
+    assert cycles(import_graph(tmp_path)) == []  # one-way still: nothing in experiments.plan leads back
+    plan = tmp_path / "experiments" / "plan.py"
+    plan.write_text(plan.read_text() + "\nimport experiments.runner  # noqa\n")
+    assert cycles(import_graph(tmp_path)) != []  # runner -> plan -> runner
+
+
+def test_a_framework_is_imported_only_by_its_own_backend():
+    offenders = []
+    for name, path in project_modules(ROOT).items():
+        for imported in imported_names(path):
+            owner = FRAMEWORKS.get(imported.split(".")[0])
+            if owner is not None and owner != name:
+                offenders.append(f"{name} imports {imported}")
+    assert offenders == []
+
+
+def test_modules_outside_the_framework_backends_stay_small():
+    long = {name: n for name, path in project_modules(ROOT).items()
+            if name not in FRAMEWORK_BACKENDS and (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert long == {}
+
+
+@pytest.mark.parametrize("name", sorted(backends.REGISTRY))
+def test_every_backend_takes_its_capabilities_from_the_registry(name):
+    """Modes and devices are declared once, in the registry; the backend class must not declare its own."""
+    info = backends.resolve(name)
+    source = (ROOT / Path(*info.module.split("."))).with_suffix(".py").read_text()
+    assert f'capabilities = registry.capabilities("{name}")' in source
+    assert "Capabilities(" not in source
