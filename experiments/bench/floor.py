@@ -1,34 +1,32 @@
-"""The floor of the bench: the GEMMs of one training step, counted and timed with NumPy's BLAS.
+"""The floor of the bench: the GEMMs a training step needs, counted and timed with NumPy's BLAS, and the peak.
 
 The floor is measured in the same run, in its own process with the same thread variables as the jobs (set before
 NumPy is imported) and with the rest of the environment exactly as the jobs get it (``OPENBLAS_CORETYPE`` and
 ``OPENBLAS_L2_SIZE`` included, when this machine sets them; they are recorded in ``meta.json`` and ``bench.md``):
 
-    floor_seconds = (n_train / batch) x (the sum of the measured times of the GEMMs of one training step)
+    floor_seconds = (n_train / batch) x (the sum of the measured times of the GEMMs a training step needs)
 
-The GEMMs of one step are the model's own shapes, at the model's own batch (``step_gemms``): per dense layer
-``l`` (in_l -> out_l) the forward product X_l W_l (B x in_l @ in_l x out_l), the kernel gradient X_l^T dZ_l
-(in_l x B @ B x out_l) and the input gradient dZ_l W_l^T (B x out_l @ out_l x in_l): forward plus backward of every
-dense layer, the count issue 8 and ``shared/reference/baselines.md`` use. No framework computes the first layer's input
-gradient (the gradient w.r.t. the images), so a backend could in principle run below 1.0x the floor, by at most that
-product's share (about a quarter of the step); the per-GEMM table in bench.md shows it. Elementwise work (bias, ReLU, dropout, softmax, the SGD update) is not counted either: the
-floor is the dense algebra alone, at the rate this machine's NumPy BLAS reaches on exactly these shapes.
+The GEMMs of one step are the model's own shapes, at the job's batch (``step_gemms``): per dense layer ``l``
+(in_l -> out_l) the forward product X_l W_l (B x in_l @ in_l x out_l), the kernel gradient X_l^T dZ_l
+(in_l x B @ B x out_l) and the input gradient dZ_l W_l^T (B x out_l @ out_l x in_l), except the first layer's: the
+gradient with respect to the images feeds nothing, and no framework computes it. That is the *necessary* floor
+(``step_seconds``, ``ratio_to_floor``). The old count of all nine products (forward plus backward of every layer,
+3 x forward, the count of issue 8 and ``shared/reference/baselines.md``) is kept as ``step_seconds_full``
+(``floor_full_seconds``, ``ratio_to_full_floor``): it flattered every backend by the first input gradient's share.
 
-    FLOPs of one step = 2B * sum_l in_l*out_l        (forward)
-                      + 2B * sum_l in_l*out_l        (kernel gradients)
-                      + 2B * sum_l in_l*out_l        (input gradients)
-                      = 3 * forward
+    necessary FLOPs of one step = 3 x 2B sum_l in_l*out_l - 2B in_1*out_1
+    784-256-256-10:  1,211,392 FLOPs per example (72.7 GFLOP per 60,000-example epoch); the full count 1,612,800
 
-For 784-256-256-10 that is 1,612,800 FLOPs per example, 96.8 GFLOP per 60,000-example epoch (the reference note's
-96.6 GFLOP is over 234 full batches: its bare loops drop the last partial batch, the harness keeps it).
-The floor is the measured time of the products themselves; the rate
-(FLOPs / time) is reported for comparison with the note's 185-205 GFLOP/s.
+Elementwise work (bias, ReLU, dropout, softmax, the SGD update) is not counted: the floor is the dense algebra
+alone, at the rate this machine's NumPy BLAS reaches on exactly these shapes. Each GEMM is timed as
+``numpy.matmul(a, b, out=c)`` on float32 operands laid out as a framework has them (the transposed operands are
+transposed views, which BLAS reads with its transpose flag), in interleaved rounds; a shape's time is the MEDIAN
+over the rounds (the best round is recorded too), the statistic of the jobs' steady epoch time. The floor is
+measured before every job and after the last, and the rounds of all measurements are pooled (``pool_floors``), so
+that one measurement caught in a slow spell of the machine does not set the floor.
 
-Each GEMM is timed as ``numpy.matmul(a, b, out=c)`` on float32 operands laid out as a framework has them (the
-transposed operands are transposed views, which BLAS reads with its transpose flag), in interleaved rounds;
-a shape's time is the MEDIAN over the rounds (the best round is recorded too), the same statistic as the jobs'
-steady epoch time. The floor is measured before every job and after the last, and the rounds of all measurements
-are pooled (``pool_floors``), so that one measurement caught in a slow spell of the machine does not set the floor.
+The same process times a large square float32 product (``PEAK_SIZE``) as the machine's peak GEMM rate
+(``peak_gflops``, median over the pooled calls); the floor's efficiency is its rate over that peak.
 """
 from __future__ import annotations
 
@@ -38,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 from backends.contract.threads import thread_environment
@@ -47,36 +46,41 @@ BATCH_SIZE = 256  # D2L's
 FASHION_MNIST_TRAIN = 60_000  # training examples (used only when no job ran to report its n_train)
 FLOOR_ROUNDS = 9  # interleaved timing rounds per GEMM shape
 FLOOR_CALLS = 40  # calls per shape per round
+PEAK_SIZE = 2048  # the square product timed as the machine's peak (17 GFLOP a call)
+PEAK_CALLS = 3  # timed calls per measurement, after one warm-up call
 BLAS_ENVIRONMENT = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_VERBOSE", "OMP_NUM_THREADS",
                     "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def step_gemms(sizes: Sequence[int], batch: int) -> list[dict[str, Any]]:
-    """The matrix products of one training step of the dense stack ``sizes`` (e.g. 784, 256, 256, 10) at ``batch``.
+    """All nine (for three layers) matrix products of one training step of the dense stack ``sizes`` at ``batch``.
 
     Each is ``a @ b`` with ``a`` (m x k) and ``b`` (k x n); ``ta``/``tb`` say that the operand is a transposed view
-    of the array a framework holds (X^T, W^T)."""
+    of the array a framework holds (X^T, W^T); ``necessary`` is False for the first layer's input gradient only."""
     gemms = []
     layers = list(zip(sizes[:-1], sizes[1:]))
     for l, (fan_in, fan_out) in enumerate(layers, start=1):
         gemms.append(dict(name=f"forward {l}: X{l} W{l}", m=batch, k=fan_in, n=fan_out, ta=False, tb=False))
     for l, (fan_in, fan_out) in reversed(list(enumerate(layers, start=1))):
         gemms.append(dict(name=f"kernel grad {l}: X{l}^T dZ{l}", m=fan_in, k=batch, n=fan_out, ta=True, tb=False))
-        gemms.append(dict(name=f"input grad {l}: dZ{l} W{l}^T", m=batch, k=fan_out, n=fan_in, ta=False, tb=True))
+        gemms.append(dict(name=f"input grad {l}: dZ{l} W{l}^T", m=batch, k=fan_out, n=fan_in, ta=False, tb=True,
+                          necessary=l > 1))
     for gemm in gemms:
         gemm["flops"] = 2 * gemm["m"] * gemm["k"] * gemm["n"]
+        gemm.setdefault("necessary", True)
     return gemms
 
 
-def step_flops(sizes: Sequence[int], batch: int) -> int:
-    """FLOPs of one training step, as the formula: forward, kernel gradients and input gradients = 3 x forward."""
+def step_flops(sizes: Sequence[int], batch: int, *, full: bool = False) -> int:
+    """FLOPs of one training step, as the formula: 3 x forward, less the first layer's input gradient unless
+    ``full`` (the old count)."""
     forward = 2 * batch * sum(i * o for i, o in zip(sizes[:-1], sizes[1:]))
-    return 3 * forward
+    return 3 * forward if full else 3 * forward - 2 * batch * sizes[0] * sizes[1]
 
 
-def epoch_flops(sizes: Sequence[int], n_train: int) -> int:
+def epoch_flops(sizes: Sequence[int], n_train: int, *, full: bool = False) -> int:
     """FLOPs of one training epoch over ``n_train`` examples (every term is linear in the batch size)."""
-    return step_flops(sizes, 1) * n_train
+    return step_flops(sizes, 1, full=full) * n_train
 
 
 def _floor_worker(sizes: Sequence[int], batch: int, rounds: int, calls: int) -> dict[str, Any]:
@@ -104,23 +108,48 @@ def _floor_worker(sizes: Sequence[int], batch: int, rounds: int, calls: int) -> 
             times[i].append((clock() - start) / calls)
     for gemm, samples in zip(gemms, times):
         gemm["samples"] = samples
-    flops = step_flops(sizes, batch)
-    assert flops == sum(g["flops"] for g in gemms)
-    return {**_summarize(gemms), "rounds": rounds, "calls_per_round": calls, "numpy": np.__version__,
-            "blas": _blas_info(np), "environment": {name: os.environ.get(name) for name in BLAS_ENVIRONMENT}}
+    assert step_flops(sizes, batch) == sum(g["flops"] for g in gemms if g["necessary"])
+    return {**_summarize(gemms, _peak_samples(np)), "rounds": rounds, "calls_per_round": calls,
+            "numpy": np.__version__, "blas": _blas_info(np), "batch": batch, "sizes": list(sizes),
+            "environment": {name: os.environ.get(name) for name in BLAS_ENVIRONMENT}}
 
 
-def _summarize(gemms: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each GEMM's median and best over its ``samples`` (seconds per call, one per round), and one step's sums."""
+def _peak_samples(np, size: int = PEAK_SIZE, calls: int = PEAK_CALLS) -> list[float]:
+    """Seconds per call of a square float32 product of ``size``: the peak rate this BLAS reaches on this machine."""
+    rng = np.random.default_rng(1)
+    a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
+    c = np.empty((size, size), np.float32)
+    np.matmul(a, b, out=c)  # warm-up
+    samples = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        np.matmul(a, b, out=c)
+        samples.append(time.perf_counter() - start)
+    return [2.0 * size ** 3 / t for t in samples]
+
+
+def _summarize(gemms: list[dict[str, Any]], peak_rates: Sequence[float] = ()) -> dict[str, Any]:
+    """Each GEMM's median and best over its ``samples`` (seconds per call, one per round), one step's sums (the
+    necessary GEMMs, and all of them as ``*_full``), and the peak (median of ``peak_rates``, FLOP/s)."""
     for gemm in gemms:
         samples = gemm["samples"]
         gemm.update(median_seconds=statistics.median(samples), best_seconds=min(samples),
                     gflops_median=gemm["flops"] / statistics.median(samples) / 1e9)
-    step_median = sum(g["median_seconds"] for g in gemms)
-    step_best = sum(g["best_seconds"] for g in gemms)
-    flops = sum(g["flops"] for g in gemms)
-    return {"gemms": gemms, "step_seconds": step_median, "step_seconds_best": step_best, "step_flops": flops,
-            "gflops": flops / step_median / 1e9, "gflops_best": flops / step_best / 1e9, "statistic": "median"}
+    needed = [g for g in gemms if g.get("necessary", True)]
+    step_median = sum(g["median_seconds"] for g in needed)
+    step_best = sum(g["best_seconds"] for g in needed)
+    flops = sum(g["flops"] for g in needed)
+    full_median = sum(g["median_seconds"] for g in gemms)
+    full_flops = sum(g["flops"] for g in gemms)
+    summary = {"gemms": gemms, "step_seconds": step_median, "step_seconds_best": step_best, "step_flops": flops,
+               "gflops": flops / step_median / 1e9, "gflops_best": flops / step_best / 1e9, "statistic": "median",
+               "step_seconds_full": full_median, "step_flops_full": full_flops,
+               "gflops_full": full_flops / full_median / 1e9, "peak_samples": list(peak_rates)}
+    if peak_rates:
+        summary["peak_gflops"] = statistics.median(peak_rates) / 1e9
+        summary["peak_gflops_best"] = max(peak_rates) / 1e9
+        summary["efficiency"] = summary["gflops"] / summary["peak_gflops"]
+    return summary
 
 
 def pool_floors(measurements: Sequence[dict[str, Any] | None], labels: Sequence[str]) -> dict[str, Any] | None:
@@ -138,7 +167,8 @@ def pool_floors(measurements: Sequence[dict[str, Any] | None], labels: Sequence[
     first = taken[0][0]
     pooled = [dict(g, samples=[x for m, _ in taken for x in m["gemms"][i]["samples"]])
               for i, g in enumerate(first["gemms"])]
-    floor = {**first, **_summarize(pooled), "rounds": sum(m["rounds"] for m, _ in taken)}
+    peaks = [x for m, _ in taken for x in m.get("peak_samples", ())]
+    floor = {**first, **_summarize(pooled, peaks), "rounds": sum(m["rounds"] for m, _ in taken)}
     floor["measurements"] = [{"when": label, "step_seconds": m["step_seconds"]} for m, label in taken]
     steps = [m["step_seconds"] for m, _ in taken]
     floor["drift"] = max(steps) / min(steps) - 1.0
@@ -191,9 +221,26 @@ def measure_floor(*, threads: int, sizes: Sequence[int], batch: int, rounds: int
     return floor
 
 
-def floor_seconds(floor: dict[str, Any], n_train: int, batch: int) -> float:
-    """The floor of one epoch over ``n_train`` examples: steps x the measured GEMM time of one step."""
-    return n_train / batch * floor["step_seconds"]
+def floor_seconds(floor: dict[str, Any], n_train: int, batch: int, *, full: bool = False) -> float:
+    """The floor of one epoch over ``n_train`` examples: steps x the measured time of one step's necessary GEMMs
+    (all nine with ``full``)."""
+    return n_train / batch * floor["step_seconds_full" if full else "step_seconds"]
+
+
+def vector_isa(cpuinfo: str | None = None) -> str:
+    """The widest x86 vector extension the CPU reports (/proc/cpuinfo flags): AVX-512, AVX2, AVX, SSE; else ?."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return "unknown"
+    flags = next((set(line.split(":", 1)[1].split()) for line in cpuinfo.splitlines()
+                  if line.startswith(("flags", "Features"))), set())
+    for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sse2", "SSE2"),
+                       ("asimd", "NEON (ASIMD)")):
+        if flag in flags:
+            return name
+    return "unknown"
 
 
 if __name__ == "__main__":  # the floor's own process: thread variables set before NumPy is imported

@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from experiments.bench.floor import blas_line, epoch_flops, floor_seconds, step_flops
+from experiments.bench.floor import PEAK_SIZE, blas_line, epoch_flops, floor_seconds, step_flops
 from experiments.bench.rows import sort_rows
 
 
@@ -18,6 +18,7 @@ def _fmt(value: Any, spec: str, empty: str = "-") -> str:
 TABLE = [  # header, key, format
     ("backend", "backend", "s"), ("mode", "mode", "s"), ("steady s", "steady_median_seconds", ".3f"),
     ("IQR s", "steady_iqr_seconds", ".3f"), ("x floor", "ratio_to_floor", ".2f"),
+    ("x full floor", "ratio_to_full_floor", ".2f"),
     ("1st epoch s", "first_epoch_seconds", ".3f"), ("import s", "import_seconds", ".2f"),
     ("build s", "build_seconds", ".3f"), ("eval s", "eval_seconds", ".3f"), ("samples/s", "samples_per_second", ",.0f"),
     ("peak RSS MB", "peak_rss_mb", ".0f"), ("harness s", "harness_seconds", ".4f"),
@@ -53,7 +54,9 @@ def console_table(rows: list[dict[str, Any]], floor_line: str) -> str:
 def machine_line(meta: dict[str, Any], floor: dict[str, Any] | None) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in sorted((meta.get("frameworks") or {}).items()) if k != "numpy")
     blas = blas_line(floor["blas"]) if floor else "unmeasured"
-    return (f"CPU: {meta.get('cpu')} ({meta.get('cpu_count')} cores); threads: {meta.get('threads')}; "
+    peak = f", peak sgemm {floor['peak_gflops']:.0f} GFLOP/s" if floor and floor.get("peak_gflops") else ""
+    return (f"CPU: {meta.get('cpu')} ({meta.get('vector_isa', '?')}, {meta.get('cpu_count')} cores{peak}); "
+            f"threads: {meta.get('threads')}; "
             f"device: {meta.get('bench', {}).get('device')}; Python {meta.get('python')}, NumPy {meta.get('numpy')}"
             f"{'; ' + versions if versions else ''}; BLAS: {blas}")
 
@@ -65,21 +68,23 @@ def floor_summary(floor: dict[str, Any] | None, n_train: int, batch: int, sizes:
     each = [m["step_seconds"] * steps for m in floor.get("measurements", ())]
     spread = (f"; pooled from {len(each)} measurements between the jobs, {min(each):.3f} to {max(each):.3f} s"
               if len(each) > 1 else "")
-    return (f"floor: {floor_seconds(floor, n_train, batch):.3f} s/epoch = {steps:.2f} steps x "
+    peak = (f"; peak sgemm {floor['peak_gflops']:.0f} GFLOP/s ({PEAK_SIZE}^2), the floor at {floor['efficiency']:.0%}"
+            " of it" if floor.get("peak_gflops") else "")
+    return (f"necessary floor: {floor_seconds(floor, n_train, batch):.3f} s/epoch = {steps:.2f} steps x "
             f"{floor['step_seconds'] * 1e3:.3f} ms of GEMMs per step ({floor['gflops']:.0f} GFLOP/s on the model's "
-            f"shapes, median of {floor['rounds']} rounds; {epoch_flops(sizes, n_train) / 1e9:.1f} GFLOP per epoch)"
-            + spread)
+            f"shapes, median of {floor['rounds']} rounds; {epoch_flops(sizes, n_train) / 1e9:.1f} GFLOP per epoch); "
+            f"full 9-GEMM count: {floor_seconds(floor, n_train, batch, full=True):.3f} s/epoch" + peak + spread)
 
 
 def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any], floor: dict[str, Any] | None,
-                   sizes: Sequence[int], n_train: int, batch: int) -> None:
+                   sizes: Sequence[int], n_train: int, batch: int, breakdown: Sequence[str] = ()) -> None:
     bench = meta.get("bench", {})
     lines = [f"# dropbench: benchmark ({'-'.join(map(str, sizes))} MLP, batch {batch}, {n_train:,} training examples, "
              f"{bench.get('repeats')} steady epochs after 1 warm-up epoch per job)", "",
              f"Machine: {machine_line(meta, floor)}", "",
              f"Command: `{meta.get('command')}`; started {meta.get('started')}", "", "## Side by side", "",
              "Sorted by steady epoch time (median over the steady epochs; IQR = 75th - 25th percentile). "
-             "`x floor` = steady / floor. `harness` = the harness's own work per steady epoch (batch order, "
+             "`x floor` = steady / the necessary floor; `x full floor` = steady / the old 9-GEMM count. `harness` = the harness's own work per steady epoch (batch order, "
              "`EpochBatches` and its gathers, divergence check, the epoch's row), measured in the worker; "
              "`harness %` is its share of the epoch's wall time.", ""]
     headers = [h for h, _, _ in TABLE]
@@ -98,26 +103,32 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any],
                   f"Measured in its own process with the jobs' environment and threads ({floor['threads']}), under "
                   f"{floor['interpreter']} (NumPy {floor['numpy']}; BLAS: {blas_line(floor['blas'])}). "
                   f"Environment: {env}.", "",
-                  "Counted: forward and backward of every dense layer (per layer the forward product, the kernel "
-                  "gradient and the input gradient: 3x forward, as `baselines.md` counts it); elementwise work is not "
-                  f"counted. That is {step_flops(sizes, 1):,} FLOPs per example, "
-                  f"{epoch_flops(sizes, n_train) / 1e9:.1f} GFLOP per epoch. No framework computes the first "
-                  "layer's input gradient (w.r.t. the images), so a backend could in principle go below 1.0x by that "
-                  "product's share (its row below).", "",
-                  "| GEMM | shape | MFLOP | median us | best us | GFLOP/s (median) |",
-                  "| --- | --- | ---: | ---: | ---: | ---: |"]
+                  "Counted (the necessary floor): the GEMMs a training step needs: per layer the forward product and "
+                  "the kernel gradient, and the input gradient of every layer but the first (the gradient w.r.t. "
+                  "the images feeds nothing; no framework computes it). Elementwise work is not counted. That is "
+                  f"{step_flops(sizes, 1):,} FLOPs per example, {epoch_flops(sizes, n_train) / 1e9:.1f} GFLOP per "
+                  f"epoch; the old count with the first input gradient (3x forward, as `baselines.md` counts it): "
+                  f"{step_flops(sizes, 1, full=True):,} and {epoch_flops(sizes, n_train, full=True) / 1e9:.1f}.", "",
+                  "| GEMM | shape | MFLOP | median us | best us | GFLOP/s (median) | counted |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
         for g in floor["gemms"]:
             shape = f"{g['m']}x{g['k']}{'ᵀ' if g['ta'] else ''} @ {g['k']}x{g['n']}{'ᵀ' if g['tb'] else ''}"
             lines.append(f"| {g['name']} | {shape} | {g['flops'] / 1e6:.2f} | {g['median_seconds'] * 1e6:.1f} | "
-                         f"{g['best_seconds'] * 1e6:.1f} | {g['gflops_median']:.0f} |")
+                         f"{g['best_seconds'] * 1e6:.1f} | {g['gflops_median']:.0f} | "
+                         f"{'yes' if g.get('necessary', True) else 'full count only'} |")
+        peak = (f" Peak: a {PEAK_SIZE}x{PEAK_SIZE} float32 product, {floor['peak_gflops']:.0f} GFLOP/s median "
+                f"({floor['peak_gflops_best']:.0f} best) over {len(floor['peak_samples'])} calls in the same "
+                f"process; the floor's efficiency {floor['efficiency']:.0%}." if floor.get("peak_gflops") else "")
         lines += ["", f"One step: {floor['step_seconds'] * 1e3:.3f} ms median ({floor['gflops']:.0f} GFLOP/s), "
                       f"{floor['step_seconds_best'] * 1e3:.3f} ms best ({floor['gflops_best']:.0f} GFLOP/s), over "
-                      "every measurement. Each measurement (one before each job, one after the last):", "",
+                      f"every measurement; all nine: {floor['step_seconds_full'] * 1e3:.3f} ms.{peak} "
+                      "Each measurement (one before each job, one after the last):", "",
                   "| when | floor s/epoch |", "| --- | ---: |"]
         lines += [f"| {m['when']} | {m['step_seconds'] * n_train / batch:.3f} |" for m in floor["measurements"]]
     else:
         lines.append(f"Not measured: {meta.get('floor_error', 'unknown error')}")
-    lines += ["", "Files: `bench.csv` (every column), `bench.png`, `meta.json`, `timings.csv` (the harness's "
+    lines += ["", *breakdown]
+    lines += ["", "Files: `bench.csv` (every column), `bench.png`, `breakdown.csv`, `breakdown.png`, `meta.json`, `timings.csv` (the harness's "
               "per-epoch timings), `epochs.csv`, `summary.csv`, `logs/`.", ""]
     path.write_text("\n".join(lines))
 

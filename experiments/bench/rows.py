@@ -10,19 +10,24 @@ COLUMNS = ["backend", "mode", "device", "status", "error", "framework_version", 
            "data_seconds", "build_seconds", "first_epoch_seconds", "steady_median_seconds", "steady_iqr_seconds",
            "steady_q1_seconds", "steady_q3_seconds", "steady_epochs", "samples_per_second", "eval_seconds",
            "peak_rss_mb", "harness_seconds", "harness_fraction", "order_seconds", "gather_seconds",
-           "floor_seconds", "ratio_to_floor", "final_val_acc", "n_train", "batch_size"]
+           "floor_seconds", "ratio_to_floor", "floor_full_seconds", "ratio_to_full_floor", "peak_gflops",
+           "floor_efficiency", "noise_off_seconds", "noise_seconds", "gemm_library", "gemm_gflops", "final_val_acc",
+           "n_train", "batch_size", "hiddens"]
 
 
 class EventLog:
-    """Collects each job's events from the runner (its ``on_event`` hook), keyed by (backend, mode)."""
+    """Collects each job's events from the runner (its ``on_event`` hook), keyed by (backend, mode, variant)."""
 
     def __init__(self) -> None:
-        self.epochs: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        self.timings: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.epochs: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        self.timings: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        self.starts: dict[tuple[str, str, str], dict[str, Any]] = {}
 
     def __call__(self, job, event: dict[str, Any], process) -> None:
-        key = (job.backend, job.train.mode)
-        if event.get("event") == "epoch":
+        key = (job.backend, job.train.mode, job.variant)
+        if event.get("event") == "start":
+            self.starts[key] = event
+        elif event.get("event") == "epoch":
             self.epochs.setdefault(key, []).append(event)
         elif event.get("event") == "bench":
             self.timings.setdefault(key, []).append(event)
@@ -42,9 +47,11 @@ def harness_parts(epoch: dict[str, Any], timing: dict[str, Any]) -> tuple[float,
 
 def bench_row(*, backend: str, mode: str, device: str, threads: int, summary: dict[str, Any] | None,
               epochs: list[dict[str, Any]], timings: list[dict[str, Any]], floor: float | None,
-              batch: int) -> dict[str, Any]:
+              batch: int, start: dict[str, Any] | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {"backend": backend, "mode": mode, "device": device, "threads": threads,
                            "batch_size": batch, "floor_seconds": floor}
+    gemm = (start or {}).get("gemm") or {}
+    row.update(gemm_library=gemm.get("library"), gemm_gflops=gemm.get("gflops"))
     summary = summary or {}
     for key in ("status", "error", "framework_version", "import_seconds", "data_seconds", "build_seconds",
                 "peak_rss_mb"):

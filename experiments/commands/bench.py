@@ -5,34 +5,30 @@ run by the ordinary runner in its own worker process: same data, same batches (o
 same thread count, set before the framework is imported. Epoch 1 carries compilation and warm-up; the steady epoch
 time is the median (and interquartile range) of epochs 2..1+repeats (``experiments.stats.steady_epochs``). Every
 timer is read after the backend's ``synchronize()`` (``backends.contract.Stopwatch``). The floor is measured before
-every job and after the last (``experiments.bench.floor``).
+every job and after the last (``experiments.bench.floor``). With several ``--batch-sizes`` every size is one such
+run in its own folder, and the scaling fit (``experiments.bench.scaling``) gives each backend x mode's fixed cost per
+step; at batch 256 each job also runs with the noise off, for the breakdown (``experiments.bench.breakdown``).
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
+import csv
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from backends import registry
-from backends.contract.spec import MODES, ModelSpec
-from experiments import catalog, data
-from experiments.bench.floor import (
-    BLAS_ENVIRONMENT, FASHION_MNIST_TRAIN, BATCH_SIZE, blas_line, epoch_flops, floor_seconds, measure_floor,
-    pool_floors,
-)
-from experiments.bench.output import console_table, floor_summary, machine_line, write_chart, write_markdown
-from experiments.bench.rows import COLUMNS, EventLog, bench_row, unavailable_row
+from backends.contract.spec import ModelSpec
+from experiments import data
+from experiments.bench.breakdown import BREAKDOWN_COLUMNS, breakdown_chart, breakdown_lines, breakdown_rows
+from experiments.bench.floor import BATCH_SIZE
+from experiments.bench.output import console_table, floor_summary, machine_line, write_markdown
+from experiments.bench.scaling import SCALING_COLUMNS, fit_all, fit_lines, scaling_chart, scaling_markdown, scaling_rows
+from experiments.bench.session import run_size
 from experiments.options import (
     Parser, UsageError, add_backend_option, add_device_option, add_mode_option, add_run_options, modes_of,
     validate_run_options,
 )
-from experiments.rundir import RunFolder, run_metadata
-from experiments.runner import RunOptions, run_experiment
 
 
 def build_parser():
@@ -41,122 +37,74 @@ def build_parser():
     add_backend_option(parser, "default all, and a backend that is not installed gets a row that says so")
     add_mode_option(parser, "all")
     parser.add_argument("--repeats", type=int, default=5, help="steady epochs per job, after one warm-up epoch (5)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", metavar="B",
+                        help=f"batch sizes to run every job at ({BATCH_SIZE}); several: the scaling run and its fit")
+    parser.add_argument("--hiddens", type=int, nargs="+", metavar="H", help="hidden layer widths (256 256)")
+    parser.add_argument("--noise-off", action=argparse.BooleanOptionalAction, default=True,
+                        help=f"also run each job at batch {BATCH_SIZE} with dropout 0, for the breakdown (on)")
     add_device_option(parser)
     add_run_options(parser, out_default="results/bench-<timestamp>")  # --threads also sets the floor's threads
     return parser
+
+
+def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.repeats < 1:
         raise UsageError(f"--repeats must be at least 1, got {args.repeats}")
     validate_run_options(args)
+    batches = list(dict.fromkeys(args.batch_sizes or [BATCH_SIZE]))
+    if any(b < 1 for b in batches):
+        raise UsageError(f"--batch-sizes must be positive integers, got {' '.join(map(str, args.batch_sizes))}")
+    hiddens = tuple(args.hiddens or ModelSpec().hiddens)
+    model = ModelSpec(hiddens=hiddens, dropouts=(0.5,) * len(hiddens))  # validates the widths (one line if bad)
     chosen = registry.select(args.backend, installed_only=False)
     modes = modes_of(args.mode)
-    train = {"epochs": 1 + args.repeats, "batch_size": BATCH_SIZE, "device": args.device}
-    if args.train_limit is not None:
-        train["train_limit"] = args.train_limit
-    model = ModelSpec()
-    sizes, batch = model.layer_sizes, BATCH_SIZE
-    data_dir = data.locate(args.data_dir)
+    args.data_dir = data.locate(args.data_dir)
     out = args.out or Path("results") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
-    folder = RunFolder(out)
-    print(f"bench: {', '.join(chosen)} x {', '.join(modes)} on {args.device}, {args.threads} threads, "
-          f"1 warm-up + {args.repeats} steady epochs per job; results: {out}", file=sys.stderr)
+    scaling = len(batches) > 1
+    split_at = BATCH_SIZE if BATCH_SIZE in batches or scaling else batches[0]  # the breakdown's batch size
 
-    # Rows that need no worker: a mode the backend does not have (asked for by name), a device it does not declare.
-    rows: list[dict[str, Any]] = []
-    runnable: list[tuple[str, str]] = []
-    for name in chosen:
-        info = registry.resolve(name)
-        for mode in modes:
-            if mode not in info.modes:
-                if args.mode != "all":
-                    rows.append(unavailable_row(name, mode, args.device, args.threads,
-                                                f"{name} has no {mode} mode (it offers {', '.join(info.modes)})",
-                                                batch, None))
-            elif args.device not in info.devices:
-                rows.append(unavailable_row(name, mode, args.device, args.threads,
-                                            f"{name} has no {args.device} device (it offers {', '.join(info.devices)})",
-                                            batch, None))
-            else:
-                runnable.append((name, mode))
+    results = [run_size(args, argv, chosen=chosen, modes=modes, model=model, batch=b,
+                        out=out / f"batch-{b}" if scaling else out, noise_off=args.noise_off and b == split_at)
+               for b in batches]
 
-    floor_error = ""
+    rows = scaling_rows(results)
+    fits = fit_all(rows) if scaling else {}
+    split = next((r for r in results if r.batch == split_at), None)
+    parts = breakdown_rows(split.rows, split.n_train, fits) if split else []
+    machine = machine_line(results[0].meta, results[0].floor)
+    width = "-".join(map(str, model.layer_sizes))
+    table = breakdown_lines(parts, split_at, (split.floor or {}).get("peak_gflops") if split else None)
+    for result in results:
+        write_markdown(result.out / "bench.md", result.rows, result.meta, result.floor, result.sizes,
+                       result.n_train, result.batch, table if result is split else ())
+    for where in dict.fromkeys([out, split.out] if split else [out]):
+        _write_csv(where / "breakdown.csv", parts, BREAKDOWN_COLUMNS)
+        breakdown_chart(where / "breakdown.png", parts, f"{width} MLP, batch {split_at}, {split.n_train:,} examples, "
+                        f"threads {args.threads}: where the steady epoch goes; {results[0].meta.get('cpu')}")
 
-    def timed_floor(when: str) -> dict[str, Any] | None:
-        nonlocal floor_error
-        print(f"floor: timing the step's GEMMs with NumPy's BLAS ({args.threads} threads), {when} ...",
-              file=sys.stderr)
-        try:
-            return measure_floor(threads=args.threads, sizes=sizes, batch=batch)
-        except (RuntimeError, OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
-            floor_error = str(exc)
-            print(f"warning: {floor_error}", file=sys.stderr)
-            return None
-
-    measured: list[dict[str, Any] | None] = []  # one before each job and one after the last
-    labels: list[str] = []
-
-    def between_jobs(job) -> None:
-        labels.append(f"before {job.backend} {job.train.mode}" if job is not None else "after the last job")
-        measured.append(timed_floor(labels[-1]))
-
-    log = EventLog()
-    summaries: dict[tuple[str, str], dict[str, Any]] = {}
-    meta: dict[str, Any] = {}
-    run_names = [n for n in chosen if any(b == n for b, _ in runnable)]
-    if run_names:
-        experiment = catalog.build("d2l", backends=run_names, modes=modes, seeds=(0,), train_overrides=train)
-        options = RunOptions(data_dir=data_dir, out_dir=out, threads=args.threads, job_timeout=args.job_timeout,
-                             bench_timing=True)
-        for summary in run_experiment(experiment, options, argv=argv, on_event=log, between_jobs=between_jobs):
-            summaries[(summary["backend"], summary["mode"])] = summary
-        meta = json.loads((out / "meta.json").read_text())
-    else:
-        meta = run_metadata(root=registry.PROJECT_ROOT, threads=args.threads, argv=argv, versions={})
-        meta.update(started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        between_jobs(None)
-
-    floor = pool_floors(measured, labels)
-    n_train = next((epochs[0]["n_train"] for epochs in log.epochs.values() if epochs),
-                   args.train_limit or FASHION_MNIST_TRAIN)
-    floor_epoch = floor_seconds(floor, n_train, batch) if floor else None
-    for name, mode in runnable:
-        summary = summaries.get((name, mode))
-        row = bench_row(backend=name, mode=mode, device=args.device, threads=args.threads, summary=summary,
-                        epochs=log.epochs.get((name, mode), []), timings=log.timings.get((name, mode), []),
-                        floor=floor_epoch, batch=batch)
-        rows.append(row)
-    for row in rows:
-        row["floor_seconds"] = floor_epoch
-    order = {(n, m): i for i, (n, m) in enumerate((n, m) for n in chosen for m in MODES)}
-    rows.sort(key=lambda r: order[(r["backend"], r["mode"])])
-
-    for row in rows:
-        folder.append("bench", {c: row.get(c) for c in COLUMNS})
-    for (name, mode), timings in log.timings.items():
-        for timing in timings:
-            folder.append("timings", {"backend": name, "mode": mode, **{k: v for k, v in timing.items()
-                                                                         if k != "event"}})
-    meta.update(bench={"repeats": args.repeats, "epochs_per_job": 1 + args.repeats, "device": args.device,
-                       "modes": list(modes), "backends": chosen, "batch_size": batch, "sizes": list(sizes),
-                       "n_train": n_train, "steady_statistic": "median of epochs 2..1+repeats",
-                       "epoch_flops": epoch_flops(sizes, n_train), "floor_seconds": floor_epoch},
-                floor=floor, floor_error=floor_error or None, threads=args.threads, device=args.device,
-                blas=(floor or {}).get("blas"), blas_line=blas_line(floor["blas"]) if floor else None,
-                blas_environment={name: os.environ.get(name) for name in BLAS_ENVIRONMENT},
-                finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    meta["frameworks"] = {**(meta.get("frameworks") or {}),
-                          **{r["backend"]: r["framework_version"] for r in rows if r.get("framework_version")}}
-    folder.write_json("meta.json", meta)
-    write_markdown(out / "bench.md", rows, meta, floor, sizes, n_train, batch)
-    title = (f"{'-'.join(map(str, sizes))} MLP, batch {batch}, {n_train:,} examples, threads: {args.threads}, "
-             f"{args.device}")
-    charted = write_chart(out / "bench.png", rows, floor_epoch, title)
-
-    line = floor_summary(floor, n_train, batch, sizes) if floor else f"floor: not measured ({floor_error})"
-    print()
-    print(console_table(rows, line))
-    print(f"machine: {machine_line(meta, floor)}")
-    print(f"\nresults in {out}/ (bench.csv, bench.md{', bench.png' if charted else ''}, meta.json)")
-    return 0 if any(row["status"] == "ok" for row in rows) else 1
+    for result in results:
+        line = (floor_summary(result.floor, result.n_train, result.batch, result.sizes) if result.floor
+                else f"floor: not measured ({result.floor_error})")
+        print(f"\nbatch {result.batch}:")
+        print(console_table(result.rows, line))
+    print("\n" + "\n".join(table))
+    print(f"machine: {machine}")
+    written = "bench.csv, bench.md, bench.png, breakdown.csv, breakdown.png, meta.json"
+    if scaling:
+        title = (f"{width} MLP, batch sizes {' '.join(map(str, batches))}, {results[0].n_train:,} examples, "
+                 f"threads {args.threads}, {args.device}, {results[0].meta.get('cpu')}")
+        _write_csv(out / "scaling.csv", rows, SCALING_COLUMNS)
+        scaling_markdown(out / "scaling.md", rows, fits, machine, title, table)
+        scaling_chart(out / "scaling.png", rows, title)
+        print("\nfit: step seconds = t0 + k x GEMM seconds per step (residuals: fit / measured - 1)")
+        print("\n".join(fit_lines(rows, fits)))
+        written = "scaling.csv, scaling.md, scaling.png, breakdown.csv, breakdown.png; batch-<B>/ per size"
+    print(f"\nresults in {out}/ ({written})")
+    return 0 if any(row["status"] == "ok" for result in results for row in result.rows) else 1
