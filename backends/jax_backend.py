@@ -438,5 +438,16 @@ class Backend(contract.Backend):
             correct += int(chunk_correct)
         return EvalMetrics(loss=loss_sum / len(x), acc=correct / len(x))
 
+    def gemm_probe(self, *, m: int, k: int, n: int):
+        """(the library XLA compiles a float32 m x k @ k x n dot to, that product jitted): the bench's start event.
+        XLA:CPU names its library in the compiled HLO: a ``__ynn_fusion``/``__xnn_fusion`` (YNNPACK/XNNPACK), a
+        oneDNN custom call, or neither (its own Eigen dot)."""
+        a, b = self._put(np.ones((m, k)), np.float32), self._put(np.ones((k, n)), np.float32)
+        product = jax.jit(jnp.dot)
+        text = product.lower(a, b).compile().as_text()
+        library = next((name for marker, name in (("__ynn", "YNNPACK"), ("__xnn", "XNNPACK"), ("onednn", "oneDNN"),
+                                                  ("cublas", "cuBLAS")) if marker in text), "Eigen")
+        return f"XLA {library}", lambda: product(a, b).block_until_ready()
+
     def synchronize(self) -> None:
         jax.block_until_ready(self.params)

@@ -581,5 +581,21 @@ class Backend(contract.Backend):
             result[f"hidden_{i}/post_noise"] = outputs[2 + 2 * i].asnumpy().astype(onp.float32)
         return result
 
+    def gemm_probe(self, *, m: int, k: int, n: int):
+        """(the library MXNet's FullyConnected runs, one m x k @ (n x k)^T product through it): the bench's start
+        event. The pip build's FullyConnected is oneDNN's inner product when the MKLDNN feature is on, else
+        mshadow's dot over its BLAS."""
+        features = mx.runtime.Features()
+        x, w = mx.nd.ones((m, k)), mx.nd.ones((n, k))
+        out = mx.nd.empty((m, n))
+        blas = next((name[5:] for name in ("BLAS_MKL", "BLAS_OPEN", "BLAS_ATLAS", "BLAS_APPLE")
+                     if features.is_enabled(name)), "?")
+        library = "oneDNN (FullyConnected)" if features.is_enabled("MKLDNN") else f"{blas} BLAS (FullyConnected)"
+
+        def product():
+            mx.nd.FullyConnected(x, w, no_bias=True, num_hidden=n, out=out)
+            out.wait_to_read()
+        return library, product
+
     def synchronize(self) -> None:
         mx.nd.waitall()

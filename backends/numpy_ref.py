@@ -162,6 +162,19 @@ class Backend(contract.Backend):
         log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         return float(-log_probs[np.arange(len(y)), y].sum()), int((logits.argmax(axis=1) == y).sum()), None
 
+    def gemm_probe(self, *, m: int, k: int, n: int):
+        """(the BLAS NumPy calls, one float32 m x k @ k x n product through it) for the bench's start event."""
+        a, b = np.ones((m, k), self.dtype), np.ones((k, n), self.dtype)
+        c = np.empty((m, n), self.dtype)
+        try:
+            from threadpoolctl import threadpool_info
+
+            pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+            library = ", ".join(f"{p['internal_api']} {p['version']} ({p.get('architecture')})" for p in pools)
+        except ImportError:
+            library = "NumPy's BLAS (threadpoolctl not installed to name it)"
+        return library or "NumPy's BLAS", lambda: np.matmul(a, b, out=c)
+
     def activations(self, *, x, train, masks=None) -> dict[str, np.ndarray]:
         terms = self._terms_for(len(x), masks) if train else None
         _, tape = self._forward(x, terms)

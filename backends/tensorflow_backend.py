@@ -190,6 +190,30 @@ class Backend(contract.Backend):
         self._batch_at = tf.function(batch_at, input_signature=all_spec + [tf.TensorSpec([None], tf.int32)],
                                      jit_compile=jit)
 
+    def gemm_probe(self, *, m: int, k: int, n: int):
+        """(the library TF's float32 MatMul runs in this mode, one m x k @ k x n product that way): the bench's
+        start event. Under XLA (compiled mode, more than one thread) the dot is XLA:CPU's own, whose optimised HLO
+        names no library (Eigen); otherwise TF's MatMul kernel: oneDNN when TF was built with it and
+        ``TF_ENABLE_ONEDNN_OPTS`` is not 0, else Eigen."""
+        from tensorflow.python.util import _pywrap_util_port
+
+        a, b = tf.ones((m, k)), tf.ones((k, n))
+
+        def matmul(a, b):
+            return tf.linalg.matmul(a, b)
+        xla = self.compiled and _use_xla()
+        if xla:
+            product = tf.function(matmul, jit_compile=True)
+            text = product.experimental_get_compiler_ir(a, b)(stage="optimized_hlo")
+            library = next((name for marker, name in (("__ynn", "YNNPACK"), ("__xnn", "XNNPACK"),
+                                                      ("onednn", "oneDNN")) if marker in text), "Eigen")
+            library = f"XLA {library}"
+        else:
+            product = tf.function(matmul) if self.compiled else matmul
+            onednn = _pywrap_util_port.IsMklEnabled() and os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") != "0"
+            library = "oneDNN (TF MatMul)" if onednn else "Eigen (TF MatMul)"
+        return library, lambda: product(a, b).numpy()
+
     @staticmethod
     def _tracing() -> bool:
         return not tf.executing_eagerly()

@@ -474,6 +474,18 @@ class Backend(contract.Backend):
                 hits += (logits.argmax(dim=1) == yb).sum()
         return EvalMetrics(loss=float(loss_sum) / len(xt), acc=int(hits) / len(xt))
 
+    def gemm_probe(self, *, m: int, k: int, n: int):
+        """(the library torch's float32 matmul calls here, one m x k @ k x n product through it): the bench's
+        start event. On the CPU ``aten::mm`` goes to the BLAS torch was built with (``BLAS_INFO``)."""
+        a, b = (torch.ones(shape, device=self.device) for shape in ((m, k), (k, n)))
+        c = torch.empty((m, n), device=self.device)
+        if self.device.type == "cuda":
+            return "cuBLAS", lambda: (torch.mm(a, b, out=c), torch.cuda.synchronize(self.device))
+        config = torch.__config__.show()
+        blas = next((part.split("=", 1)[1] for part in config.replace(",", "\n").split() if
+                     part.startswith("BLAS_INFO=")), "unknown")
+        return f"{'MKL' if blas == 'mkl' else blas} (aten::mm; BLAS_INFO={blas})", lambda: torch.mm(a, b, out=c)
+
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

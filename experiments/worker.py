@@ -70,6 +70,21 @@ def check_finite(epoch: int, **values: float) -> None:
             raise Diverged(f"diverged: {name.replace('_', ' ')} is {value} in epoch {epoch}")
 
 
+def gemm_rate(backend, m: int, k: int, n: int, calls: int = 30) -> dict[str, Any]:
+    """The library a backend's float32 matmul runs and the rate it reaches on the first layer's forward product
+    (m x k @ k x n) through the framework: the median of ``calls`` timed calls after 3 warm-up calls (bench runs)."""
+    library, product = backend.gemm_probe(m=m, k=k, n=n)
+    for _ in range(3):
+        product()
+    seconds = []
+    for _ in range(calls):
+        clock = time.perf_counter()
+        product()
+        seconds.append(time.perf_counter() - clock)
+    median = sorted(seconds)[len(seconds) // 2]
+    return {"library": library, "shape": [m, k, n], "seconds": median, "gflops": 2.0 * m * k * n / median / 1e9}
+
+
 def run_job(job_data: dict[str, Any], emit: Emit) -> None:
     started = time.perf_counter()
     job = Job.from_dict(job_data["job"])
@@ -92,8 +107,11 @@ def run_job(job_data: dict[str, Any], emit: Emit) -> None:
     backend.build(seed=job.train.seed, params=init)
     backend.synchronize()
     build_seconds = time.perf_counter() - clock
-    emit({"event": "start", "pid": os.getpid(), "framework_version": version, "import_seconds": import_seconds,
-          "data_seconds": data_seconds, "build_seconds": build_seconds})
+    start = {"event": "start", "pid": os.getpid(), "framework_version": version, "import_seconds": import_seconds,
+             "data_seconds": data_seconds, "build_seconds": build_seconds}
+    if job_data.get("bench_timing") and hasattr(backend, "gemm_probe"):
+        start["gemm"] = gemm_rate(backend, job.train.batch_size, *job.model.layer_sizes[:2])
+    emit(start)
 
     for probe in active_probes:
         for table, row in probe.on_epoch(backend=backend, data=dataset, epoch=0, job=job):

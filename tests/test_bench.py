@@ -12,27 +12,101 @@ import pytest
 
 import backends
 from experiments import cli, stats
+from experiments.bench import breakdown as bench_breakdown
 from experiments.bench import floor as bench_floor
+from experiments.bench import scaling as bench_scaling
 from tests.helpers import read_csv
 
 HARNESS = [sys.executable, str(backends.PROJECT_ROOT / "harness.py")]
 DOCUMENTED = ["backend", "mode", "device", "status", "error", "framework_version", "threads", "import_seconds",
               "build_seconds", "first_epoch_seconds", "steady_median_seconds", "steady_iqr_seconds",
               "samples_per_second", "eval_seconds", "peak_rss_mb", "harness_seconds", "harness_fraction",
-              "floor_seconds", "ratio_to_floor"]
+              "floor_seconds", "ratio_to_floor", "floor_full_seconds", "ratio_to_full_floor", "peak_gflops",
+              "floor_efficiency", "noise_off_seconds", "noise_seconds", "gemm_library", "gemm_gflops"]
 
 
 def test_flop_formula_equals_the_hand_count_for_the_d2l_mlp():
-    b = 256
+    b, sizes = 256, (784, 256, 256, 10)
     forward = 2 * b * 784 * 256 + 2 * b * 256 * 256 + 2 * b * 256 * 10
     kernel_grads = 2 * 256 * b * 10 + 2 * 256 * b * 256 + 2 * 784 * b * 256  # X^T dZ: (in x B) @ (B x out)
-    input_grads = 2 * b * 10 * 256 + 2 * b * 256 * 256 + 2 * b * 256 * 784  # dZ W^T, layers 3, 2 and 1
-    assert bench_floor.step_flops((784, 256, 256, 10), b) == forward + kernel_grads + input_grads == 3 * forward
-    assert sum(g["flops"] for g in bench_floor.step_gemms((784, 256, 256, 10), b)) == forward + kernel_grads + input_grads
-    assert len(bench_floor.step_gemms((784, 256, 256, 10), b)) == 9
-    assert bench_floor.epoch_flops((784, 256, 256, 10), 60_000) == 1_612_800 * 60_000  # 96.8 GFLOP
-    # baselines.md's 96.6 GFLOP is the same count over its 234 full batches (bare_loops.py drops the partial batch)
-    assert round(bench_floor.epoch_flops((784, 256, 256, 10), 234 * 256) / 1e9, 1) == 96.6
+    input_grads = 2 * b * 10 * 256 + 2 * b * 256 * 256  # dZ W^T, layers 3 and 2: the images need no gradient
+    first_input_grad = 2 * b * 256 * 784
+    gemms = bench_floor.step_gemms(sizes, b)
+    assert bench_floor.step_flops(sizes, b) == forward + kernel_grads + input_grads
+    assert sum(g["flops"] for g in gemms if g["necessary"]) == forward + kernel_grads + input_grads
+    assert [g["name"] for g in gemms if not g["necessary"]] == ["input grad 1: dZ1 W1^T"]
+    assert len(gemms) == 9 and sum(g["necessary"] for g in gemms) == 8
+    assert bench_floor.epoch_flops(sizes, 60_000) == 1_211_392 * 60_000  # 72.7 GFLOP
+    # the old count, kept as the full floor: every layer's input gradient too, 3x forward
+    full = forward + kernel_grads + input_grads + first_input_grad
+    assert bench_floor.step_flops(sizes, b, full=True) == sum(g["flops"] for g in gemms) == full == 3 * forward
+    assert bench_floor.epoch_flops(sizes, 60_000, full=True) == 1_612_800 * 60_000  # 96.8 GFLOP
+    # baselines.md's 96.6 GFLOP is the full count over its 234 full batches (bare_loops.py drops the partial batch)
+    assert round(bench_floor.epoch_flops(sizes, 234 * 256, full=True) / 1e9, 1) == 96.6
+
+
+def test_the_necessary_floor_leaves_out_only_the_first_input_gradient_at_any_width():
+    for sizes in ((784, 64, 10), (784, 512, 128, 32, 10)):
+        gemms = bench_floor.step_gemms(sizes, 100)
+        assert len(gemms) == 3 * (len(sizes) - 1)
+        assert bench_floor.step_flops(sizes, 100, full=True) - bench_floor.step_flops(sizes, 100) == \
+            2 * 100 * sizes[0] * sizes[1] == sum(g["flops"] for g in gemms if not g["necessary"])
+
+
+def test_the_full_and_necessary_floors_and_the_peak_come_from_one_measurement():
+    gemms = [dict(name=f"g{i}", flops=2e9, necessary=i > 0, samples=[1.0, 2.0, 3.0]) for i in range(3)]
+    floor = bench_floor._summarize(gemms, [1e11, 2e11, 4e11])
+    assert floor["step_seconds"] == 4.0 and floor["step_seconds_full"] == 6.0
+    assert floor["step_flops"] == 4e9 and floor["step_flops_full"] == 6e9 and floor["gflops"] == 1.0
+    assert floor["peak_gflops"] == 200.0 and floor["peak_gflops_best"] == 400.0
+    assert floor["efficiency"] == pytest.approx(1.0 / 200.0)
+    assert bench_floor.floor_seconds(floor, 1000, 100) == 40.0
+    assert bench_floor.floor_seconds(floor, 1000, 100, full=True) == 60.0
+
+
+def test_vector_isa_reads_the_widest_extension_from_cpuinfo():
+    assert bench_floor.vector_isa("processor: 0\nflags\t: fpu sse2 avx avx2 fma avx512f avx512bw\n") == "AVX-512"
+    assert bench_floor.vector_isa("flags : fpu sse2 avx avx2 fma\n") == "AVX2"
+    assert bench_floor.vector_isa("flags : fpu\n") == "unknown"
+
+
+def test_the_fit_recovers_t0_and_k_from_synthetic_timings():
+    gemm = [0.1e-3, 0.2e-3, 0.4e-3, 0.8e-3, 1.6e-3, 3.2e-3]
+    t0, k = 250e-6, 1.3
+    exact = bench_scaling.fit_step_times(gemm, [t0 + k * g for g in gemm])
+    assert exact["t0_seconds"] == pytest.approx(t0, rel=1e-9) and exact["k"] == pytest.approx(k, rel=1e-9)
+    assert max(abs(r) for r in exact["residuals"]) < 1e-9 and exact["sizes"] == 6
+    wobble = [1.02, 0.98, 1.01, 0.99, 1.015, 0.985]  # +-2 % on every step: the fit stays near, residuals show it
+    noisy = bench_scaling.fit_step_times(gemm, [(t0 + k * g) * w for g, w in zip(gemm, wobble)])
+    assert noisy["t0_seconds"] == pytest.approx(t0, rel=0.1) and noisy["k"] == pytest.approx(k, rel=0.05)
+    assert 0.005 < max(abs(r) for r in noisy["residuals"]) < 0.05
+    assert bench_scaling.fit_step_times([1e-3], [2e-3]) is None  # one size: nothing to fit
+
+
+def test_the_fit_of_every_backend_mode_annotates_its_rows():
+    rows = [dict(backend="x", mode=m, batch_size=b, step_seconds=t0 + 2.0 * b * 1e-6, floor_step_seconds=b * 1e-6)
+            for m, t0 in (("eager", 1e-3), ("compiled", 1e-4)) for b in (64, 256, 1024)]
+    rows.append(dict(backend="y", mode="eager", batch_size=64, step_seconds=None, floor_step_seconds=64e-6))
+    fits = bench_scaling.fit_all(rows)
+    assert set(fits) == {("x", "eager"), ("x", "compiled")}  # y has no step time to fit
+    assert fits[("x", "eager")]["t0_seconds"] == pytest.approx(1e-3) and fits[("x", "compiled")]["k"] == \
+        pytest.approx(2.0)
+    assert all(r["fit_step_seconds"] == pytest.approx(r["step_seconds"]) for r in rows[:6])
+    assert "| x | eager | 1000 | 2.00 |" in "\n".join(bench_scaling.fit_lines(rows, fits))
+
+
+def test_the_breakdown_adds_up_to_the_epoch():
+    row = dict(backend="x", mode="eager", batch_size=100, steady_median_seconds=2.0, floor_seconds=0.8,
+               noise_seconds=0.3, noise_off_seconds=1.7, gemm_library="BLAS", gemm_gflops=50.0)
+    with_fit = bench_breakdown.decompose(row, 10_000, {"t0_seconds": 2e-3, "k": 1.1})
+    assert with_fit["fixed_seconds"] == pytest.approx(0.2) and with_fit["rest_seconds"] == pytest.approx(0.7)
+    assert sum(with_fit[k] for k in ("floor_seconds", "noise_seconds", "fixed_seconds", "rest_seconds")) == \
+        pytest.approx(with_fit["epoch_seconds"], rel=1e-12)
+    alone = bench_breakdown.decompose(row, 10_000, None)
+    assert not alone["fixed_measured"] and alone["fixed_seconds"] == 0 and alone["rest_seconds"] == pytest.approx(0.9)
+    text = "\n".join(bench_breakdown.breakdown_lines([alone], 100, 120.0))
+    assert "not measured" in text and "BLAS" in text
+    assert bench_breakdown.decompose(dict(row, steady_median_seconds=None), 10_000, None) is None
 
 
 def test_quartiles_match_numpy():
@@ -56,7 +130,8 @@ def numpy_bench(tmp_path_factory):
 
 def test_numpy_bench_writes_its_files_with_the_documented_columns(numpy_bench):
     out, result = numpy_bench
-    for name in ("bench.csv", "bench.md", "bench.png", "meta.json", "timings.csv", "epochs.csv", "summary.csv"):
+    for name in ("bench.csv", "bench.md", "bench.png", "meta.json", "timings.csv", "epochs.csv", "summary.csv",
+                 "breakdown.csv", "breakdown.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     rows = read_csv(out / "bench.csv")
     assert set(DOCUMENTED) <= set(rows[0])
@@ -69,18 +144,26 @@ def test_numpy_bench_writes_its_files_with_the_documented_columns(numpy_bench):
     assert "numpy" in meta["frameworks"]
     markdown = (out / "bench.md").read_text()
     assert "| backend | mode | steady s" in markdown and "x floor" in markdown and "BLAS:" in markdown
+    assert "Where the time goes (batch 256)" in markdown and ("AVX" in markdown or "ISA unknown" in markdown)
+    assert "peak sgemm" in markdown and "full count only" in markdown
     assert "numpy" in result.stdout and "floor:" in result.stdout  # the table on the console
-    assert len(read_csv(out / "timings.csv")) == 3  # the harness's own timings, one row per epoch
+    timings = read_csv(out / "timings.csv")  # the harness's own timings, one row per epoch and job
+    assert [r["variant"] for r in timings] == ["d2l"] * 3 + ["noise-off"] * 3
+    summary = read_csv(out / "summary.csv")  # the noise-off twin ran, with dropout 0
+    assert [(r["variant"], r["dropout_1"], r["status"]) for r in summary] == [("d2l", "0.5", "ok"),
+                                                                            ("noise-off", "0.0", "ok")]
 
 
 def test_numpy_bench_numbers_are_sane(numpy_bench):
     out, _ = numpy_bench
     (row,) = read_csv(out / "bench.csv")
     number = {k: float(row[k]) for k in DOCUMENTED if k not in ("backend", "mode", "device", "status", "error",
-                                                                "framework_version")}
+                                                                "framework_version", "gemm_library")}
     assert number["threads"] == 1 and int(row["steady_epochs"]) == 2 and int(row["n_train"]) == 3000
     for key in ("import_seconds", "build_seconds", "first_epoch_seconds", "steady_median_seconds", "eval_seconds",
-                "samples_per_second", "peak_rss_mb", "floor_seconds", "ratio_to_floor", "harness_seconds"):
+                "samples_per_second", "peak_rss_mb", "floor_seconds", "ratio_to_floor", "harness_seconds",
+                "floor_full_seconds", "ratio_to_full_floor", "peak_gflops", "floor_efficiency", "noise_off_seconds",
+                "gemm_gflops"):
         assert number[key] > 0 and math.isfinite(number[key]), key
     assert number["steady_iqr_seconds"] >= 0
     assert float(row["steady_q1_seconds"]) <= number["steady_median_seconds"] <= float(row["steady_q3_seconds"])
@@ -88,16 +171,32 @@ def test_numpy_bench_numbers_are_sane(numpy_bench):
                                                      rel=1e-12)
     assert number["samples_per_second"] == pytest.approx(3000 / number["steady_median_seconds"], rel=1e-12)
     assert 0 <= number["harness_fraction"] < 1
-    epochs = read_csv(out / "epochs.csv")
+    assert number["floor_full_seconds"] > number["floor_seconds"]  # the full count has one GEMM more
+    assert number["ratio_to_full_floor"] == pytest.approx(number["steady_median_seconds"] / number["floor_full_seconds"])
+    assert number["noise_seconds"] == pytest.approx(number["steady_median_seconds"] - number["noise_off_seconds"])
+    assert "openblas" in row["gemm_library"].lower() or "blas" in row["gemm_library"].lower()
+    epochs = [e for e in read_csv(out / "epochs.csv") if e["variant"] == "d2l"]
     steady = sorted(float(e["epoch_seconds"]) for e in epochs[1:])
     assert number["steady_median_seconds"] == pytest.approx(sum(steady) / 2, rel=1e-12)
     meta = json.loads((out / "meta.json").read_text())
     floor = meta["floor"]
     assert number["floor_seconds"] == pytest.approx(3000 / 256 * floor["step_seconds"], rel=1e-12)
-    assert floor["step_seconds"] == pytest.approx(sum(g["median_seconds"] for g in floor["gemms"]), rel=1e-12)
+    assert floor["step_seconds"] == pytest.approx(sum(g["median_seconds"] for g in floor["gemms"] if g["necessary"]),
+                                                  rel=1e-12)
+    assert floor["step_seconds_full"] == pytest.approx(sum(g["median_seconds"] for g in floor["gemms"]), rel=1e-12)
+    assert number["floor_full_seconds"] == pytest.approx(3000 / 256 * floor["step_seconds_full"], rel=1e-12)
+    assert floor["peak_gflops"] > 0 and len(floor["peak_samples"]) == 3 * bench_floor.PEAK_CALLS
+    assert number["floor_efficiency"] == pytest.approx(floor["gflops"] / floor["peak_gflops"])
+    (parts,) = read_csv(out / "breakdown.csv")
+    seconds = {k: float(parts[k]) for k in ("epoch_seconds", "floor_seconds", "noise_seconds", "rest_seconds")}
+    assert parts["fixed_measured"] == "False" and float(parts["fixed_seconds"]) == 0  # one size: no fit
+    assert seconds["epoch_seconds"] == pytest.approx(number["steady_median_seconds"], rel=1e-12)
+    assert seconds["floor_seconds"] + seconds["noise_seconds"] + seconds["rest_seconds"] == \
+        pytest.approx(seconds["epoch_seconds"], rel=1e-9)
     assert all(g["best_seconds"] <= g["median_seconds"] for g in floor["gemms"])
-    assert [m["when"] for m in floor["measurements"]] == ["before numpy eager", "after the last job"]
-    assert all(len(g["samples"]) == floor["rounds"] == 2 * bench_floor.FLOOR_ROUNDS for g in floor["gemms"])
+    assert [m["when"] for m in floor["measurements"]] == ["before numpy eager", "before numpy eager noise off",
+                                                          "after the last job"]
+    assert all(len(g["samples"]) == floor["rounds"] == 3 * bench_floor.FLOOR_ROUNDS for g in floor["gemms"])
 
 
 def test_the_floor_pools_the_rounds_of_its_measurements():
@@ -148,6 +247,8 @@ def test_gpu_on_a_backend_without_one_is_an_unavailable_row(tmp_path):
     (["--repeats", "0"], ["--repeats"]),
     (["--backend", "nosuch"], ["nosuch"]),
     (["--mode", "fast"], ["--mode"]),
+    (["--batch-sizes", "64", "0"], ["--batch-sizes"]),
+    (["--hiddens", "256", "0"], ["hiddens"]),
 ])
 def test_bad_bench_flags_are_one_line_and_status_2(args, words):
     result = subprocess.run([*HARNESS, "bench", *args], capture_output=True, text=True, cwd=backends.PROJECT_ROOT,
@@ -155,3 +256,31 @@ def test_bad_bench_flags_are_one_line_and_status_2(args, words):
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: ") and all(w in line for w in words), line
+
+
+def test_a_scaling_run_writes_its_files_and_fits_every_backend_mode(tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run([*HARNESS, "bench", "--backend", "numpy", "--repeats", "1", "--train-limit", "1024",
+                             "--threads", "1", "--batch-sizes", "64", "256", "512", "--hiddens", "32", "16",
+                             "--out", str(out)], capture_output=True, text=True, cwd=backends.PROJECT_ROOT, timeout=900)
+    assert result.returncode == 0, result.stderr
+    for name in ("scaling.csv", "scaling.md", "scaling.png", "breakdown.csv", "breakdown.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    for batch in (64, 256, 512):
+        assert (out / f"batch-{batch}" / "bench.csv").is_file() and (out / f"batch-{batch}" / "bench.md").is_file()
+    rows = read_csv(out / "scaling.csv")
+    assert [(r["batch_size"], r["hiddens"]) for r in rows] == [("64", "32x16"), ("256", "32x16"), ("512", "32x16")]
+    for r in rows:  # the floor is measured at each size, at the chosen widths
+        assert float(r["step_seconds"]) == pytest.approx(float(r["steady_median_seconds"]) / (1024 / int(r["batch_size"])))
+        assert float(r["fit_step_seconds"]) == pytest.approx(float(r["step_seconds"]) * (1 + float(r["fit_residual"])))
+    meta = json.loads((out / "batch-64" / "meta.json").read_text())
+    assert meta["floor"]["sizes"] == [784, 32, 16, 10] and meta["floor"]["batch"] == 64
+    summary = read_csv(out / "batch-256" / "summary.csv")  # the noise-off twin runs at batch 256 only
+    assert [r["variant"] for r in summary] == ["d2l", "noise-off"]
+    assert [r["variant"] for r in read_csv(out / "batch-64" / "summary.csv")] == ["d2l"]
+    (parts,) = read_csv(out / "breakdown.csv")
+    assert parts["fixed_measured"] == "True" and parts["batch_size"] == "256"
+    total = sum(float(parts[k]) for k in ("floor_seconds", "noise_seconds", "fixed_seconds", "rest_seconds"))
+    assert total == pytest.approx(float(parts["epoch_seconds"]), rel=1e-9)
+    assert "t0 us/step" in result.stdout and "resid. B=512" in result.stdout  # the fit and its residuals, printed
+    assert "## Fixed cost per step" in (out / "scaling.md").read_text()

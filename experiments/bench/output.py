@@ -55,7 +55,7 @@ def machine_line(meta: dict[str, Any], floor: dict[str, Any] | None) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in sorted((meta.get("frameworks") or {}).items()) if k != "numpy")
     blas = blas_line(floor["blas"]) if floor else "unmeasured"
     peak = f", peak sgemm {floor['peak_gflops']:.0f} GFLOP/s" if floor and floor.get("peak_gflops") else ""
-    return (f"CPU: {meta.get('cpu')} ({meta.get('vector_isa', '?')}, {meta.get('cpu_count')} cores{peak}); "
+    return (f"CPU: {meta.get('cpu')} ({meta.get('vector_isa') or 'ISA unknown'}, {meta.get('cpu_count')} cores{peak}); "
             f"threads: {meta.get('threads')}; "
             f"device: {meta.get('bench', {}).get('device')}; Python {meta.get('python')}, NumPy {meta.get('numpy')}"
             f"{'; ' + versions if versions else ''}; BLAS: {blas}")
