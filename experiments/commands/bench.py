@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import sys
 import time
 from pathlib import Path
@@ -41,7 +42,8 @@ def build_parser():
                         help=f"batch sizes to run every job at ({BATCH_SIZE}); several: the scaling run and its fit")
     parser.add_argument("--hiddens", type=int, nargs="+", metavar="H", help="hidden layer widths (256 256)")
     parser.add_argument("--noise-off", action=argparse.BooleanOptionalAction, default=True,
-                        help=f"also run each job at batch {BATCH_SIZE} with dropout 0, for the breakdown (on)")
+                        help=f"also run each job at batch {BATCH_SIZE} (or the size nearest it) with dropout 0, for the "
+                        "breakdown (on)")
     add_device_option(parser)
     add_run_options(parser, out_default="results/bench-<timestamp>")  # --threads also sets the floor's threads
     return parser
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     args.data_dir = data.locate(args.data_dir)
     out = args.out or Path("results") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     scaling = len(batches) > 1
-    split_at = BATCH_SIZE if BATCH_SIZE in batches or scaling else batches[0]  # the breakdown's batch size
+    split_at = min(batches, key=lambda b: abs(math.log(b / BATCH_SIZE)))  # the breakdown's: 256 or the nearest
 
     results = [run_size(args, argv, chosen=chosen, modes=modes, model=model, batch=b,
                         out=out / f"batch-{b}" if scaling else out, noise_off=args.noise_off and b == split_at)
@@ -76,15 +78,15 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 
     rows = scaling_rows(results)
     fits = fit_all(rows) if scaling else {}
-    split = next((r for r in results if r.batch == split_at), None)
-    parts = breakdown_rows(split.rows, split.n_train, fits) if split else []
+    split = next(r for r in results if r.batch == split_at)
+    parts = breakdown_rows(split.rows, split.n_train, fits)
     machine = machine_line(results[0].meta, results[0].floor)
     width = "-".join(map(str, model.layer_sizes))
-    table = breakdown_lines(parts, split_at, (split.floor or {}).get("peak_gflops") if split else None)
+    table = breakdown_lines(parts, split_at, (split.floor or {}).get("peak_gflops"))
     for result in results:
         write_markdown(result.out / "bench.md", result.rows, result.meta, result.floor, result.sizes,
                        result.n_train, result.batch, table if result is split else ())
-    for where in dict.fromkeys([out, split.out] if split else [out]):
+    for where in dict.fromkeys([out, split.out]):
         _write_csv(where / "breakdown.csv", parts, BREAKDOWN_COLUMNS)
         breakdown_chart(where / "breakdown.png", parts, f"{width} MLP, batch {split_at}, {split.n_train:,} examples, "
                         f"threads {args.threads}: where the steady epoch goes; {results[0].meta.get('cpu')}")
