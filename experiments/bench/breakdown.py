@@ -18,13 +18,15 @@ from typing import Any
 
 BREAKDOWN_COLUMNS = ["backend", "mode", "batch_size", "epoch_seconds", "floor_seconds", "noise_seconds",
                      "fixed_seconds", "rest_seconds", "fixed_measured", "noise_measured", "noise_off_seconds", "t0_us", "k",
-                     "gemm_library", "gemm_gflops"]
+                     "gemm_library", "gemm_gflops", "blas_gemm_gflops"]
 PARTS = (("floor_seconds", "floor (necessary GEMMs)", "#4c72b0"), ("noise_seconds", "noise", "#dd8452"),
          ("fixed_seconds", "fixed per step (t0 x steps)", "#55a868"), ("rest_seconds", "the rest", "#8c8c8c"))
 
 
-def decompose(row: dict[str, Any], n_train: int, fit: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The parts of one bench row's steady epoch (None for a row that has no steady time or no floor)."""
+def decompose(row: dict[str, Any], n_train: int, fit: dict[str, Any] | None,
+              blas_gflops: float | None = None) -> dict[str, Any] | None:
+    """The parts of one bench row's steady epoch (None for a row that has no steady time or no floor);
+    ``blas_gflops``: NumPy's BLAS on the product the framework's GEMM rate was measured on, for comparison."""
     epoch, floor = row.get("steady_median_seconds"), row.get("floor_seconds")
     if epoch is None or not floor:
         return None
@@ -36,12 +38,16 @@ def decompose(row: dict[str, Any], n_train: int, fit: dict[str, Any] | None) -> 
             "rest_seconds": epoch - floor - noise - fixed, "fixed_measured": fit is not None,
             "noise_measured": row.get("noise_seconds") is not None, "noise_off_seconds": row.get("noise_off_seconds"),
             "t0_us": fit["t0_seconds"] * 1e6 if fit else None, "k": fit["k"] if fit else None,
-            "gemm_library": row.get("gemm_library"), "gemm_gflops": row.get("gemm_gflops")}
+            "gemm_library": row.get("gemm_library"), "gemm_gflops": row.get("gemm_gflops"),
+            "blas_gemm_gflops": blas_gflops}
 
 
-def breakdown_rows(rows: list[dict[str, Any]], n_train: int,
-                   fits: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
-    parts = [decompose(r, n_train, fits.get((r["backend"], r["mode"]))) for r in rows]
+def breakdown_rows(rows: list[dict[str, Any]], n_train: int, fits: dict[tuple[str, str], dict[str, Any]],
+                   floor: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every row's parts, fastest first; ``floor``'s first GEMM (forward 1: B x 784 @ 784 x H, the product the
+    worker times through each framework) gives NumPy's rate beside each framework's."""
+    blas = floor["gemms"][0]["gflops_median"] if floor else None
+    parts = [decompose(r, n_train, fits.get((r["backend"], r["mode"])), blas) for r in rows]
     return sorted((p for p in parts if p), key=lambda p: p["epoch_seconds"])
 
 
@@ -61,17 +67,19 @@ def breakdown_lines(parts: list[dict[str, Any]], batch: int, peak: float | None)
              "same job with dropout (0, 0) against on; fixed: t0 x steps from the scaling fit (only a run over "
              "several `--batch-sizes` measures it); rest: the remainder by construction (the framework's GEMMs "
              "above the floor's rate, elementwise work; negative where the parts measured apart overlap). "
-             "GEMM: the library the framework reports for its float32 matmul, and the rate a "
-             f"{batch}x784 @ 784x256 product reached through the framework in the worker"
-             f"{f' (peak sgemm here: {peak:.0f} GFLOP/s)' if peak else ''}.", "",
-             "| backend | mode | epoch s | floor | noise | fixed | rest | GEMM library | GEMM GFLOP/s |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+             "GEMM: the library the framework reports for its float32 matmul, and the rate the first layer's "
+             f"forward product ({batch} x 784 @ 784 x H) reached through the framework in the worker, beside "
+             "NumPy's BLAS on the same product in the floor's process (measured at other moments: on a busy "
+             f"machine compare them with care){f'; peak sgemm here: {peak:.0f} GFLOP/s' if peak else ''}.", "",
+             "| backend | mode | epoch s | floor | noise | fixed | rest | GEMM library | GEMM GFLOP/s | BLAS GFLOP/s |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
     for p in parts:
         def share(key: str, measured: bool = True) -> str:
             return _cell(p[key], ".3f", measured) + (f" ({p[key] / p['epoch_seconds']:.0%})" if measured else "")
         lines.append(f"| {p['backend']} | {p['mode']} | {p['epoch_seconds']:.3f} | {share('floor_seconds')} | "
                      f"{share('noise_seconds', p['noise_measured'])} | {share('fixed_seconds', p['fixed_measured'])} | "
-                     f"{share('rest_seconds')} | {p['gemm_library'] or '-'} | {_cell(p['gemm_gflops'], '.0f')} |")
+                     f"{share('rest_seconds')} | {p['gemm_library'] or '-'} | {_cell(p['gemm_gflops'], '.0f')} | "
+                     f"{_cell(p['blas_gemm_gflops'], '.0f')} |")
     return lines + [""]
 
 

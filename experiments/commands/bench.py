@@ -79,7 +79,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     rows = scaling_rows(results)
     fits = fit_all(rows) if scaling else {}
     split = next(r for r in results if r.batch == split_at)
-    parts = breakdown_rows(split.rows, split.n_train, fits)
+    parts = breakdown_rows(split.rows, split.n_train, fits, split.floor)
     machine = machine_line(results[0].meta, results[0].floor)
     width = "-".join(map(str, model.layer_sizes))
     table = breakdown_lines(parts, split_at, (split.floor or {}).get("peak_gflops"))
