@@ -284,3 +284,24 @@ def test_a_scaling_run_writes_its_files_and_fits_every_backend_mode(tmp_path):
     assert total == pytest.approx(float(parts["epoch_seconds"]), rel=1e-9)
     assert "t0 us/step" in result.stdout and "resid. B=512" in result.stdout  # the fit and its residuals, printed
     assert "## Fixed cost per step" in (out / "scaling.md").read_text()
+
+
+def test_every_backend_reports_its_gemm_library_and_rate(tmp_path):
+    from tests.conftest import backends_under_test, require_backend
+
+    names = backends_under_test()
+    for name in names:
+        require_backend(name)
+    out = tmp_path / "run"
+    result = subprocess.run([*HARNESS, "bench", *[f"--backend={n}" for n in names], "--mode", "eager", "--repeats", "1",
+                             "--train-limit", "512", "--threads", "1", "--no-noise-off", "--out", str(out)],
+                            capture_output=True, text=True, cwd=backends.PROJECT_ROOT, timeout=900)
+    assert result.returncode == 0, result.stderr
+    rows = {r["backend"]: r for r in read_csv(out / "bench.csv")}
+    assert sorted(rows) == sorted(names)
+    for name, row in rows.items():  # what the framework says it runs, and a rate through it, from the worker
+        assert row["status"] == "ok" and row["gemm_library"], (name, row["error"])
+        assert float(row["gemm_gflops"]) > 0, name
+    meta = json.loads((out / "meta.json").read_text())
+    assert all(meta["gemm_libraries"][f"{n} eager"]["shape"] == [256, 784, 256] for n in names)
+    assert not (out / "summary.csv").read_text().count("noise-off")  # --no-noise-off: no twins
