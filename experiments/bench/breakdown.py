@@ -93,21 +93,23 @@ def breakdown_chart(path: Path, parts: list[dict[str, Any]], title: str) -> bool
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, ax = plt.subplots(figsize=(9, 1.5 + 0.45 * max(1, len(parts))))
+    fig, ax = plt.subplots(figsize=(9, 2.0 + 0.45 * max(1, len(parts))))
     for y, p in enumerate(parts):
         left = 0.0
         for key, label, color in PARTS:
-            ax.barh(y, p[key], left=left, height=0.6, color=color, label=label if y == 0 else None,
-                    hatch="//" if p[key] < 0 else None, edgecolor="white")
+            negative = p[key] < 0  # drawn as an outline over what it takes back, which stays visible
+            ax.barh(y, p[key], left=left, height=0.6, label=label if y == 0 else None,
+                    color="none" if negative else color, edgecolor=color if negative else "white",
+                    hatch="//" if negative else None)
             left += p[key]
         ax.plot([p["epoch_seconds"]], [y], "k.", label="measured epoch" if y == 0 else None)
     ax.set_yticks(range(len(parts)))
     ax.set_yticklabels([f"{p['backend']} {p['mode']}" for p in parts])
     ax.invert_yaxis()
     ax.set_xlabel("seconds per steady epoch")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=8, wrap=True)
     if parts:
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=5, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

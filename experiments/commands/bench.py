@@ -89,7 +89,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     for where in dict.fromkeys([out, split.out]):
         _write_csv(where / "breakdown.csv", parts, BREAKDOWN_COLUMNS)
         breakdown_chart(where / "breakdown.png", parts, f"{width} MLP, batch {split_at}, {split.n_train:,} examples, "
-                        f"threads {args.threads}: where the steady epoch goes; {results[0].meta.get('cpu')}")
+                        f"threads {args.threads}: where the steady epoch goes\n{results[0].meta.get('cpu')}")
 
     for result in results:
         line = (floor_summary(result.floor, result.n_train, result.batch, result.sizes) if result.floor
