@@ -122,6 +122,7 @@ def scaling_chart(path: Path, rows: list[dict[str, Any]], title: str) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return False
     fig, (ratio_ax, rate_ax) = plt.subplots(1, 2, figsize=(12, 5))
@@ -145,6 +146,11 @@ def scaling_chart(path: Path, rows: list[dict[str, Any]], title: str) -> bool:
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
     rate_ax.set_yscale("log")
+    ratio_ax.set_yscale("log", base=2)  # eager modes run at 10x and more at small batches; 1-2x must stay legible
+    ratio_ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%gx"))
+    batches = sorted({r["batch_size"] for r in rows})
+    for ax in (ratio_ax, rate_ax):
+        ax.set_xticks(batches, [str(b) for b in batches])
     ratio_ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
