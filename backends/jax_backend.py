@@ -438,5 +438,12 @@ class Backend(contract.Backend):
             correct += int(chunk_correct)
         return EvalMetrics(loss=loss_sum / len(x), acc=correct / len(x))
 
+    def set_matmul_precision(self, *, allow_tf32: bool) -> None:
+        # Process-wide and read when a function is traced (part of jit's cache key): set before the first call.
+        jax.config.update("jax_default_matmul_precision", "tensorfloat32" if allow_tf32 else "highest")
+
+    def matmul_precision(self) -> str:
+        return f"jax_default_matmul_precision={jax.config.jax_default_matmul_precision or 'default'}"
+
     def synchronize(self) -> None:
         jax.block_until_ready(self.params)
