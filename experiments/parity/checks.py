@@ -32,15 +32,15 @@ class Check:
 
     @property
     def margin(self) -> float:
-        """How close to failing: above 1 has failed; the worst check of a rung is the one with the largest margin."""
-        if not self.passed:
-            return math.inf
+        """The error over what the criterion allows: at most 1 when passed (0 for a property that holds)."""
         if self.criterion == "holds":
-            return 0.0
+            return 0.0 if self.passed else math.inf
         measured = self.max_rel_err if self.criterion.startswith("rel") else self.max_abs_err
         if self.criterion == "rel > tol":
             return self.tolerance / measured if measured else math.inf
-        return measured / self.tolerance if self.tolerance else 0.0
+        if not self.tolerance:
+            return 0.0 if measured == 0 else math.inf
+        return measured / self.tolerance if math.isfinite(measured) else math.inf
 
     def message(self) -> str:
         return (f"{self.what}{'' if self.step is None else f' (step {self.step})'}: max abs err "
@@ -94,5 +94,5 @@ def holds(what: str, ok: bool) -> Check:
 
 
 def worst(checks: list[Check]) -> Check:
-    """The first failing check, else the one closest to failing."""
-    return max(checks, key=lambda c: c.margin)
+    """The failing check that missed by most, else the one closest to failing."""
+    return max(checks, key=lambda c: (not c.passed, c.margin))
