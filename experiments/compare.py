@@ -149,7 +149,8 @@ def compare(a: Run, b: Run) -> Comparison:
         rows.append(row)
     jobs = pd.DataFrame(rows)
     long = pd.concat([a.jobs.assign(side="A"), b.jobs.assign(side="B")])
-    long = long[long.apply(lambda r: _key(r) in set(shared), axis=1)]
+    wanted = set(shared)
+    long = long[long.apply(lambda r: _key(r) in wanted, axis=1)]
     groups, stats = [], {}
     for group, frame in long.groupby(GROUP_COLUMNS, sort=False):
         difference = paired(frame, "final_val_acc", "A", "B", key="side").scaled(100)
@@ -190,7 +191,7 @@ def verdict(comparison: Comparison, fail_above: float | None) -> tuple[str, bool
     jobs = comparison.jobs
     slower, dropped = slower_jobs(comparison), dropped_groups(comparison)
     faster = jobs[jobs["significant"] & (jobs["time_ratio"] < 1)]
-    parts = [f"B ({comparison.b.path}) against A ({comparison.a.path}): {len(jobs)} shared jobs"
+    parts = [f"B ({comparison.b.path}) against A ({comparison.a.path}): {len(jobs)} shared job{'s' if len(jobs) != 1 else ''}"
              + (f", {len(comparison.only_a)} only in A" if comparison.only_a else "")
              + (f", {len(comparison.only_b)} only in B" if comparison.only_b else "") + "."]
     if comparison.environment:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from backends.contract.spec import IMPLS, MODES, NOISE_KINDS
+from backends.contract.spec import IMPLS, NOISE_KINDS
 from experiments.parity import noise_rungs, rungs
 from experiments.parity.case import Case
 
@@ -70,6 +70,3 @@ def cases(backend: str, *, modes: Sequence[str], impls: Sequence[str] = IMPLS,
                 add("concise_scratch", "both", "eager", noise, noise_rungs.concise_scratch)
     return out
 
-
-def offered_modes(backend_modes: Sequence[str], selected: Sequence[str] = MODES) -> list[str]:
-    return [mode for mode in selected if mode in backend_modes]
