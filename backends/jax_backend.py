@@ -449,5 +449,12 @@ class Backend(contract.Backend):
                                                   ("cublas", "cuBLAS")) if marker in text), "Eigen")
         return f"XLA {library}", lambda: product(a, b).block_until_ready()
 
+    def set_matmul_precision(self, *, allow_tf32: bool) -> None:
+        # Process-wide and read when a function is traced (part of jit's cache key): set before the first call.
+        jax.config.update("jax_default_matmul_precision", "tensorfloat32" if allow_tf32 else "highest")
+
+    def matmul_precision(self) -> str:
+        return f"jax_default_matmul_precision={jax.config.jax_default_matmul_precision or 'default'}"
+
     def synchronize(self) -> None:
         jax.block_until_ready(self.params)

@@ -486,6 +486,16 @@ class Backend(contract.Backend):
                      part.startswith("BLAS_INFO=")), "unknown")
         return f"{'MKL' if blas == 'mkl' else blas} (aten::mm; BLAS_INFO={blas})", lambda: torch.mm(a, b, out=c)
 
+    def set_matmul_precision(self, *, allow_tf32: bool) -> None:
+        # Process-wide switches: CUDA matmuls and cuDNN in TF32 or full float32 (the CPU ignores them).
+        torch.backends.cuda.matmul.allow_tf32 = bool(allow_tf32)
+        torch.backends.cudnn.allow_tf32 = bool(allow_tf32)
+
+    def matmul_precision(self) -> str:
+        return (f"cuda.matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32} "
+                f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32} "
+                f"float32_matmul_precision={torch.get_float32_matmul_precision()}")
+
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -8,11 +8,12 @@ from typing import Callable
 from backends.contract.spec import SpecError
 from backends.registry import BackendError
 from experiments.catalog import CatalogError
-from experiments.commands import bench, train
+from experiments.commands import bench, compare, parity, train
 from experiments.data import DataError
 from experiments.options import USER_ERROR, UsageError
 
-COMMANDS = {"bench": bench}  # python harness.py bench ...; anything else is a training run
+# python harness.py bench|parity|compare ...; anything else is a training run
+COMMANDS = {"bench": bench, "parity": parity, "compare": compare}
 USER_ERRORS = (UsageError, SpecError, CatalogError, DataError, BackendError)
 
 

@@ -1,5 +1,5 @@
-"""Shared fixtures: which backends are under test, how to build one (in this process or in its own venv's worker),
-and real Fashion-MNIST.
+"""Shared fixtures: which backends are under test, how to build one (the parity ladder's ``BackendFactory``: in this
+process or in its own venv's worker), and real Fashion-MNIST.
 
 ``HARNESS_TEST_BACKENDS=torch,numpy`` narrows the backends; by default every registered backend is tested and a
 missing framework is skipped with its install command, unless ``HARNESS_REQUIRE_BACKENDS=1`` (set by ``make test``
@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 import backends
-from backends.remote.client import RemoteBackend
 from experiments import data
-from backends.contract.spec import ModelSpec, TrainSpec
+from experiments.parity.factory import BackendFactory
 
 
 def backends_under_test() -> list[str]:
@@ -37,41 +36,18 @@ def require_backend(name: str, *, module_level: bool = False) -> None:
     pytest.skip(reason, allow_module_level=module_level)
 
 
-class BackendFactory:
-    """Builds backends for tests. Backends that live in another interpreter run behind one long-lived worker per
-    backend name, re-initialised for every spec (starting MXNet costs seconds)."""
+class SkippingBackendFactory(BackendFactory):
+    """The ladder's factory (``experiments.parity.factory``), but a missing framework skips the test (or fails it
+    under ``HARNESS_REQUIRE_BACKENDS=1``). The frameworks' precision settings are left as they are."""
 
-    def __init__(self) -> None:
-        self.remotes: dict[str, RemoteBackend] = {}
-
-    def __call__(self, name: str, *, model: ModelSpec | None = None, train: TrainSpec | None = None,
-                 seed: int = 0, params=None, shared_init: bool = True, threads: int = 2):
+    def __call__(self, name: str, **kwargs):
         require_backend(name)
-        model, train = model or ModelSpec(), train or TrainSpec()
-        if params is None and shared_init:
-            from backends.contract import shared_init as draw
-
-            params = draw(model, seed)
-        info = backends.resolve(name)
-        if info.in_process:
-            backend = backends.load_class(name)(model=model, train=train, threads=threads)
-        else:
-            backend = self.remotes.get(name)
-            if backend is None:
-                backend = self.remotes[name] = RemoteBackend(name, model=model, train=train, threads=threads)
-            else:
-                backend.reconfigure(model=model, train=train, threads=threads)
-        backend.build(seed=seed, params=params)
-        return backend
-
-    def close(self) -> None:
-        for remote in self.remotes.values():
-            remote.close()
+        return super().__call__(name, **kwargs)
 
 
 @pytest.fixture(scope="session")
 def make_backend():
-    factory = BackendFactory()
+    factory = SkippingBackendFactory()
     yield factory
     factory.close()
 

@@ -145,6 +145,15 @@ class Backend(abc.ABC):
         """Hidden activations for exercise 3: ``hidden_i/pre_noise`` (after ReLU) and ``hidden_i/post_noise``
         (what the next layer reads; for dropconnect, where the noise is on weights, the same as pre_noise)."""
 
+    def set_matmul_precision(self, *, allow_tf32: bool) -> None:
+        """Full float32 matrix products (``allow_tf32=False``) or the device's reduced-precision mode (TF32 on recent
+        NVIDIA GPUs), for a backend whose framework has one; call before ``build``. Others compute float32 in
+        float32 and ignore it."""
+
+    def matmul_precision(self) -> str:
+        """The float32 matrix-multiply precision in force, in the framework's own words."""
+        return "float32"
+
     def synchronize(self) -> None:
         """Wait until queued device work is done; every timer is preceded by this. Host-only backends do nothing."""
 

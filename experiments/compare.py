@@ -1,0 +1,253 @@
+"""Two run folders side by side (training runs or bench runs), matched on the job keys: what changed in the
+environment, in accuracy (B - A paired by seed, against the seed noise) and in time (B / A of the steady epoch time,
+with a Mann-Whitney U test on the steady epochs' times), and for bench runs each side's ``ratio_to_floor``."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from scipy.stats import mannwhitneyu
+
+from experiments.options import UsageError
+from experiments.rundir import KEY_COLUMNS
+from experiments.stats import Stat, describe, paired, steady_epochs
+
+ALPHA = 0.05  # significance level of the time test
+GROUP_COLUMNS = ["backend", "impl", "mode", "variant"]  # accuracy is paired by seed within these
+ENVIRONMENT = ["python", "numpy", "cpu", "cpu_count", "threads", "platform", "device", "blas_line", "git_commit"]
+
+
+@dataclass
+class Run:
+    path: Path
+    kind: str  # "train" or "bench"
+    meta: dict[str, Any]
+    epochs: pd.DataFrame
+    jobs: pd.DataFrame  # a row per job: keys, status, final_val_acc, device
+    bench: pd.DataFrame | None = None
+
+
+def _read(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: cannot read it as a CSV table ({' '.join(str(exc).split())}); "
+                         f"give the folder of a finished run") from None
+
+
+def load_run(path: Path) -> Run:
+    """A training run (summary.csv, epochs.csv, meta.json) or a bench run (bench.csv, epochs.csv, meta.json)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UsageError(f"{path} is not a folder; give two run folders (results/<run>/)")
+    kind = "bench" if (path / "bench.csv").exists() else "train"
+    needed = ["meta.json", "epochs.csv"] + (["bench.csv"] if kind == "bench" else ["summary.csv"])
+    missing = [name for name in needed if not (path / name).exists()]
+    if missing:
+        raise UsageError(f"{path} is not a run folder (no {', '.join(missing)}); give the folders that "
+                         f"python harness.py or python harness.py bench wrote")
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path / 'meta.json'} is not readable JSON ({exc}); give a run folder") from None
+    epochs = _read(path / "epochs.csv")
+    absent = [c for c in KEY_COLUMNS + ["epoch", "epoch_seconds", "val_acc"] if c not in epochs.columns]
+    if absent:
+        raise UsageError(f"{path / 'epochs.csv'} lacks the columns {', '.join(absent)}; give a run folder")
+    if (path / "summary.csv").exists():
+        jobs = _read(path / "summary.csv")
+    else:  # a bench run without its summary: the jobs that have epochs finished them
+        last = epochs.sort_values("epoch").groupby(KEY_COLUMNS, as_index=False).last()
+        jobs = last.assign(status="ok", final_val_acc=last["val_acc"])
+    if "device" not in jobs.columns:
+        jobs["device"] = meta.get("device")
+    bench = _read(path / "bench.csv") if kind == "bench" else None
+    return Run(path=path, kind=kind, meta=meta, epochs=epochs, jobs=jobs[jobs["status"] == "ok"], bench=bench)
+
+
+def environment_differences(a: Run, b: Run) -> list[tuple[str, Any, Any]]:
+    """(what, A, B) for every environment fact that differs: versions, CPU, threads, BLAS, device, git commit."""
+    def facts(run: Run) -> dict[str, Any]:
+        meta = run.meta
+        out = {key: meta.get(key) for key in ENVIRONMENT}
+        devices = sorted(set(run.epochs["device"].dropna())) if "device" in run.epochs.columns else []
+        out["device"] = meta.get("device") or ", ".join(devices) or None
+        out.update({f"{name} version": version for name, version in (meta.get("frameworks") or {}).items()})
+        out.update({f"env {name}": value for name, value in (meta.get("blas_environment") or {}).items()})
+        return out
+
+    left, right = facts(a), facts(b)
+    return [(key, left.get(key), right.get(key)) for key in dict.fromkeys([*left, *right])
+            if left.get(key) != right.get(key)]
+
+
+def _key(row) -> tuple:
+    return tuple(row[c] for c in KEY_COLUMNS)
+
+
+def epoch_times(run: Run) -> dict[tuple, list[float]]:
+    """Every job's epoch times in epoch order."""
+    return {tuple(key): list(group.sort_values("epoch")["epoch_seconds"].astype(float))
+            for key, group in run.epochs.groupby(KEY_COLUMNS)}
+
+
+@dataclass
+class Comparison:
+    a: Run
+    b: Run
+    jobs: pd.DataFrame  # a row per shared job
+    accuracy: pd.DataFrame  # a row per backend x impl x mode x variant
+    only_a: list[tuple]
+    only_b: list[tuple]
+    environment: list[tuple[str, Any, Any]]
+    stats: dict[tuple, Stat] = field(default_factory=dict)
+
+
+def _floor_ratios(run: Run) -> dict[tuple[str, str], float]:
+    if run.bench is None or "ratio_to_floor" not in run.bench.columns:
+        return {}
+    return {(r["backend"], r["mode"]): r["ratio_to_floor"] for _, r in run.bench.iterrows()}
+
+
+def _time_row(seconds_a: list[float], seconds_b: list[float]) -> dict[str, Any]:
+    """Steady medians (``stats.steady_epochs``: epochs 2..E), their ratio, and the U test on those epochs' times."""
+    steady_a, steady_b = steady_epochs(seconds_a), steady_epochs(seconds_b)
+    times_a, times_b = seconds_a[1:], seconds_b[1:]
+    row: dict[str, Any] = {"steady_epochs_a": len(times_a), "steady_epochs_b": len(times_b),
+                           "steady_seconds_a": steady_a.median if steady_a else None,
+                           "steady_seconds_b": steady_b.median if steady_b else None}
+    if not (steady_a and steady_b) or steady_a.median <= 0:
+        return {**row, "time_ratio": None, "p_value": None, "significant": False, "time": "not measured"}
+    ratio = steady_b.median / steady_a.median
+    p_value = float(mannwhitneyu(times_b, times_a, alternative="two-sided").pvalue)
+    significant = p_value < ALPHA
+    verdict = ("slower" if ratio > 1 else "faster") if significant else "within the noise"
+    return {**row, "time_ratio": ratio, "p_value": p_value, "significant": significant, "time": verdict}
+
+
+def compare(a: Run, b: Run) -> Comparison:
+    jobs_a = {_key(r): r for _, r in a.jobs.iterrows()}
+    jobs_b = {_key(r): r for _, r in b.jobs.iterrows()}
+    shared = [key for key in jobs_a if key in jobs_b]
+    if not shared:
+        raise UsageError(f"{a.path} and {b.path} share no finished job (keys: {', '.join(KEY_COLUMNS)}); compare "
+                         f"runs of the same backends, modes, variants and seeds")
+    times_a, times_b = epoch_times(a), epoch_times(b)
+    floors_a, floors_b = _floor_ratios(a), _floor_ratios(b)
+    rows = []
+    for key in shared:
+        row = dict(zip(KEY_COLUMNS, key))
+        acc_a, acc_b = float(jobs_a[key]["final_val_acc"]), float(jobs_b[key]["final_val_acc"])
+        row.update(final_val_acc_a=acc_a, final_val_acc_b=acc_b, val_acc_diff=acc_b - acc_a)
+        row.update(_time_row(times_a.get(key, []), times_b.get(key, [])))
+        floor_a, floor_b = floors_a.get(key[0:1] + key[2:3]), floors_b.get(key[0:1] + key[2:3])
+        row.update(ratio_to_floor_a=floor_a, ratio_to_floor_b=floor_b,
+                   floor_normalised_ratio=floor_b / floor_a if floor_a and floor_b else None)
+        rows.append(row)
+    jobs = pd.DataFrame(rows)
+    long = pd.concat([a.jobs.assign(side="A"), b.jobs.assign(side="B")])
+    wanted = set(shared)
+    long = long[long.apply(lambda r: _key(r) in wanted, axis=1)]
+    groups, stats = [], {}
+    for group, frame in long.groupby(GROUP_COLUMNS, sort=False):
+        difference = paired(frame, "final_val_acc", "A", "B", key="side").scaled(100)
+        stats[tuple(group)] = difference
+        groups.append({**dict(zip(GROUP_COLUMNS, group)), "seeds": difference.n,
+                       "val_acc_diff_points": difference.mean, "sd_points": difference.sd,
+                       "ci95_half_width_points": difference.half_width, "beyond_seed_noise": difference.clear,
+                       "dropped": difference.clear and difference.mean < 0})
+    return Comparison(a=a, b=b, jobs=jobs, accuracy=pd.DataFrame(groups),
+                      only_a=[k for k in jobs_a if k not in jobs_b], only_b=[k for k in jobs_b if k not in jobs_a],
+                      environment=environment_differences(a, b), stats=stats)
+
+
+def slower_jobs(comparison: Comparison, percent: float = 0.0) -> pd.DataFrame:
+    """Jobs significantly slower in B by more than ``percent`` %."""
+    jobs = comparison.jobs
+    return jobs[jobs["significant"] & (jobs["time_ratio"] > 1 + percent / 100)]
+
+
+def dropped_groups(comparison: Comparison) -> pd.DataFrame:
+    return comparison.accuracy[comparison.accuracy["dropped"]]
+
+
+def job_name(row) -> str:
+    return f"{row['backend']} {row['impl']} {row['mode']} {row['variant']} seed {row['seed']}"
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None or pd.isna(value) else format(value, spec)
+
+
+def _shown(value: Any) -> str:
+    return "not recorded" if value is None else str(value)
+
+
+def verdict(comparison: Comparison, fail_above: float | None) -> tuple[str, bool]:
+    """One paragraph for the console, and whether the ``--fail-above`` gate fails."""
+    jobs = comparison.jobs
+    slower, dropped = slower_jobs(comparison), dropped_groups(comparison)
+    faster = jobs[jobs["significant"] & (jobs["time_ratio"] < 1)]
+    parts = [f"B ({comparison.b.path}) against A ({comparison.a.path}): {len(jobs)} shared job{'s' if len(jobs) != 1 else ''}"
+             + (f", {len(comparison.only_a)} only in A" if comparison.only_a else "")
+             + (f", {len(comparison.only_b)} only in B" if comparison.only_b else "") + "."]
+    if comparison.environment:
+        parts.append("The environments differ in " + ", ".join(what for what, _, _ in comparison.environment) + ".")
+    else:
+        parts.append("The environments are the same as far as meta.json tells.")
+    timing = [f"{job_name(r)} {r['time_ratio']:.2f}x (p = {r['p_value']:.3f})" for _, r in slower.iterrows()]
+    parts.append(f"Time: {len(slower)} job(s) slower beyond the noise" + (f" ({'; '.join(timing)})" if timing else "")
+                 + f", {len(faster)} faster, {len(jobs) - len(slower) - len(faster)} within the noise "
+                   f"(Mann-Whitney U on the steady epochs, p < {ALPHA}).")
+    judged = comparison.accuracy[comparison.accuracy["seeds"] >= 2]
+    drops = [f"{r['backend']} {r['mode']} {r['variant']} {r['val_acc_diff_points']:+.2f} points"
+             for _, r in dropped.iterrows()]
+    parts.append(f"Accuracy: {len(dropped)} of {len(judged)} group(s) with two or more seeds dropped beyond the "
+                 f"seed noise" + (f" ({'; '.join(drops)})" if drops else "")
+                 + (f"; {len(comparison.accuracy) - len(judged)} with one seed: no spread to judge"
+                    if len(judged) < len(comparison.accuracy) else "") + ".")
+    failed = False
+    if fail_above is not None:
+        gate = slower_jobs(comparison, fail_above)
+        failed = bool(len(gate) or len(dropped))
+        parts.append(f"Gate --fail-above {fail_above:g}%: " + (
+            f"FAIL ({len(gate)} job(s) slower by more than {fail_above:g}% beyond the noise, {len(dropped)} "
+            f"accuracy drop(s))" if failed else "pass") + ".")
+    return " ".join(parts), failed
+
+
+def write_markdown(path: Path, comparison: Comparison, paragraph: str) -> None:
+    a, b = comparison.a, comparison.b
+    lines = ["# dropbench: compare", "", f"- A: `{a.path}` ({a.kind} run, {a.meta.get('started', '?')})",
+             f"- B: `{b.path}` ({b.kind} run, {b.meta.get('started', '?')})", "", paragraph, "",
+             "## Environment", ""]
+    if comparison.environment:
+        lines += ["| what | A | B |", "| --- | --- | --- |"]
+        lines += [f"| {what} | {_shown(left)} | {_shown(right)} |" for what, left, right in comparison.environment]
+    else:
+        lines.append("No difference in meta.json (versions, CPU, threads, BLAS, device, git commit).")
+    lines += ["", "## Accuracy (B - A, final validation accuracy, paired by seed)", "",
+              "| backend | impl | mode | variant | seeds | B - A |", "| --- | --- | --- | --- | ---: | --- |"]
+    for group, s in comparison.stats.items():
+        lines.append(f"| {' | '.join(map(str, group))} | {s.n} | {describe(s, 'points')} |")
+    floor = any(comparison.jobs["ratio_to_floor_a"].notna()) if "ratio_to_floor_a" in comparison.jobs else False
+    lines += ["", "## Time (B / A, steady epoch time: median of epochs 2..E)", "",
+              "`~`: not significant (Mann-Whitney U on the steady epochs' times, two-sided, p >= "
+              f"{ALPHA}); with fewer than four steady epochs a side no ratio can be significant.", "",
+              "| job | A s | B s | B / A | p | " + ("x floor A | x floor B | " if floor else "") + "verdict |",
+              "| --- | ---: | ---: | ---: | ---: | " + ("---: | ---: | " if floor else "") + "--- |"]
+    for _, r in comparison.jobs.iterrows():
+        floors = (f"{_fmt(r['ratio_to_floor_a'], '.2f')} | {_fmt(r['ratio_to_floor_b'], '.2f')} | " if floor else "")
+        ratio = "-" if r["time_ratio"] is None or pd.isna(r["time_ratio"]) else (
+            f"{'' if r['significant'] else '~'}{r['time_ratio']:.3f}")
+        lines.append(f"| {job_name(r)} | {_fmt(r['steady_seconds_a'], '.3f')} | {_fmt(r['steady_seconds_b'], '.3f')}"
+                     f" | {ratio} | {_fmt(r['p_value'], '.3f')} | {floors}{r['time']} |")
+    for side, only in (("A", comparison.only_a), ("B", comparison.only_b)):
+        if only:
+            lines += ["", f"## Jobs only in {side}", ""]
+            lines += [f"- {' '.join(map(str, key))}" for key in only]
+    lines += ["", "Files: `compare.csv` (a row per shared job), `compare_accuracy.csv` (a row per group).", ""]
+    path.write_text("\n".join(lines))

@@ -1,0 +1,145 @@
+"""``python harness.py compare``: two run folders built here with the runner's real columns (training and bench
+runs), one job made slower or less accurate on purpose."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from experiments import cli
+from experiments.rundir import EPOCH_COLUMNS, SUMMARY_COLUMNS
+from experiments.bench.rows import COLUMNS as BENCH_COLUMNS
+from tests.helpers import read_csv
+
+BACKENDS = ("numpy", "torch")
+SEEDS = (0, 1, 2)
+EPOCHS = 6  # 5 steady epochs a side: enough for the U test to tell a clean 1.5x apart (p = 0.008)
+
+
+def write_run(folder, *, seconds=None, accuracy=None, bench=False, threads=2, seeds=SEEDS):
+    """A run folder: every backend x seed of the d2l variant, epoch times about 0.5 s with a little jitter."""
+    seconds, accuracy = seconds or {}, accuracy or {}
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    epochs, summary = [], []
+    for backend in BACKENDS:
+        for seed in seeds:
+            key = {"backend": backend, "impl": "concise", "mode": "eager", "variant": "d2l", "seed": seed}
+            scale = seconds.get((backend, seed), 1.0)
+            acc = 0.80 + 0.01 * seed + accuracy.get((backend, seed), 0.0)
+            times = [2.0 * scale] + list((0.5 + rng.uniform(-0.01, 0.01, EPOCHS - 1)) * scale)
+            for epoch, time in enumerate(times, start=1):
+                epochs.append({**key, "epoch": epoch, "train_loss": 0.5, "train_acc": acc, "val_loss": 0.5,
+                               "val_acc": acc, "epoch_seconds": time, "eval_seconds": 0.1, "n_train": 2000,
+                               "device": "cpu"})
+            summary.append({**key, "status": "ok", "error": "", "final_val_acc": acc,
+                            "median_epoch_seconds": float(np.median(times[1:]))})
+    pd.DataFrame(epochs, columns=EPOCH_COLUMNS + ["n_train", "device"]).to_csv(folder / "epochs.csv", index=False)
+    pd.DataFrame(summary, columns=SUMMARY_COLUMNS).to_csv(folder / "summary.csv", index=False)
+    meta = {"python": "3.11.7", "numpy": "2.4.6", "frameworks": {"numpy": "2.4.6", "torch": "2.13.0+cpu"},
+            "cpu": "Intel(R) Xeon(R) Processor", "cpu_count": 2, "threads": threads, "git_commit": "abc",
+            "command": "harness.py", "started": "2026-12-01T10:00:00+0000"}
+    if bench:
+        steady = {(r["backend"], r["seed"]): r["median_epoch_seconds"] for r in summary}
+        rows = [{"backend": b, "mode": "eager", "device": "cpu", "status": "ok", "threads": threads,
+                 "steady_median_seconds": steady[(b, 0)], "floor_seconds": 0.25,
+                 "ratio_to_floor": steady[(b, 0)] / 0.25} for b in BACKENDS]
+        pd.DataFrame(rows, columns=BENCH_COLUMNS).to_csv(folder / "bench.csv", index=False)
+        meta.update(device="cpu", blas_line="openblas 0.3.31 (SkylakeX kernels, 2 threads)")
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+def compare(a, b, tmp_path, *extra):
+    out = tmp_path / "cmp"
+    shutil.rmtree(out, ignore_errors=True)
+    status = cli.main(["compare", str(a), str(b), "--out", str(out), *extra])
+    return status, read_csv(out / "compare.csv") if (out / "compare.csv").exists() else [], out
+
+
+def flagged(rows):
+    return [(r["backend"], int(r["seed"]), r["time"]) for r in rows if r["time"] != "within the noise"]
+
+
+def test_a_run_against_itself_flags_nothing(tmp_path, capsys):
+    run = write_run(tmp_path / "a")
+    status, rows, out = compare(run, run, tmp_path, "--fail-above", "0")
+    assert status == 0
+    assert len(rows) == len(BACKENDS) * len(SEEDS) and flagged(rows) == []
+    assert all(float(r["time_ratio"]) == 1.0 for r in rows)
+    paragraph = capsys.readouterr().out
+    assert "0 job(s) slower beyond the noise" in paragraph and "Gate --fail-above 0%: pass" in paragraph
+    assert "No difference in meta.json" in (out / "compare.md").read_text()
+
+
+def test_one_slower_job_is_flagged_alone_and_fails_the_gate(tmp_path, capsys):
+    a = write_run(tmp_path / "a")
+    b = write_run(tmp_path / "b", seconds={("torch", 1): 1.5}, threads=1)
+    status, rows, out = compare(a, b, tmp_path)
+    assert status == 0  # no gate asked for
+    assert flagged(rows) == [("torch", 1, "slower")]
+    slow = next(r for r in rows if r["backend"] == "torch" and r["seed"] == "1")
+    assert float(slow["time_ratio"]) == pytest.approx(1.5, rel=0.03) and float(slow["p_value"]) < 0.05
+    markdown = (out / "compare.md").read_text()
+    assert "| threads | 2 | 1 |" in markdown and "~1.000" in markdown
+    assert compare(a, b, tmp_path, "--fail-above", "20")[0] == 1
+    assert "torch concise eager d2l seed 1 1.50x" in capsys.readouterr().out
+    assert compare(a, b, tmp_path, "--fail-above", "60")[0] == 0  # 50 % slower passes a 60 % gate
+
+
+def test_an_accuracy_difference_within_the_seed_noise_is_not_flagged_a_clear_drop_is(tmp_path, capsys):
+    a = write_run(tmp_path / "a")
+    noisy = write_run(tmp_path / "noisy", accuracy={("numpy", 0): 0.004, ("numpy", 1): -0.003, ("numpy", 2): 0.001})
+    status, _, out = compare(a, noisy, tmp_path, "--fail-above", "10")
+    assert status == 0
+    groups = read_csv(out / "compare_accuracy.csv")
+    numpy_group = next(g for g in groups if g["backend"] == "numpy")
+    assert numpy_group["beyond_seed_noise"] == "False" and numpy_group["dropped"] == "False"
+    assert "within the seed noise" in (out / "compare.md").read_text()
+    dropped = write_run(tmp_path / "dropped", accuracy={("torch", s): -0.02 - 0.001 * s for s in SEEDS})
+    status, _, out = compare(a, dropped, tmp_path, "--fail-above", "10")
+    assert status == 1
+    assert "1 of 2 group(s) with two or more seeds dropped beyond the seed noise (torch eager d2l -2.10 points)" in \
+        capsys.readouterr().out
+
+
+def test_bench_runs_show_each_sides_ratio_to_floor(tmp_path):
+    a = write_run(tmp_path / "a", bench=True, seeds=(0,))
+    b = write_run(tmp_path / "b", bench=True, seeds=(0,), seconds={("numpy", 0): 1.5})
+    status, rows, out = compare(a, b, tmp_path)
+    assert status == 0
+    numpy_row = next(r for r in rows if r["backend"] == "numpy")
+    assert float(numpy_row["ratio_to_floor_a"]) == pytest.approx(2.0, rel=0.05)
+    assert float(numpy_row["floor_normalised_ratio"]) == pytest.approx(1.5, rel=0.03)
+    assert flagged(rows) == [("numpy", 0, "slower")]
+    assert "x floor A" in (out / "compare.md").read_text()
+
+
+def test_jobs_on_one_side_only_are_listed(tmp_path, capsys):
+    a = write_run(tmp_path / "a")
+    b = write_run(tmp_path / "b", seeds=(0, 1))
+    status, rows, _ = compare(a, b, tmp_path)
+    assert status == 0 and len(rows) == 4
+    out = capsys.readouterr().out
+    assert "only in A: numpy concise eager d2l 2" in out and "only in A: torch concise eager d2l 2" in out
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "is not a folder"),
+    ("empty", "is not a run folder (no meta.json, epochs.csv, summary.csv)"),
+    ("disjoint", "share no finished job"),
+    ("gate", "--fail-above must be a percentage >= 0"),
+    ("one", "the following arguments are required: RUN_B"),
+])
+def test_bad_inputs_are_one_line_and_exit_2(tmp_path, capsys, case, message):
+    a = write_run(tmp_path / "a")
+    other = {"missing": tmp_path / "nowhere", "empty": tmp_path}.get(case)
+    if case == "disjoint":
+        other = write_run(tmp_path / "b", seeds=(7,))
+    argv = {"gate": [str(a), str(a), "--fail-above", "-5"], "one": [str(a)]}.get(case, [str(a), str(other)])
+    assert cli.main(["compare", *argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
