@@ -5,17 +5,29 @@ backend to choose, so the same code draws for ``report.md`` (saved PNGs) and for
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Sequence
 
 import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure as MatplotlibFigure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+class Figure(MatplotlibFigure):
+    """A matplotlib Figure that a notebook shows as a PNG when it is a cell's value (a Figure made without pyplot
+    has no display of its own)."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+        return buffer.getvalue()
+
+
 LINESTYLES = ["-", "--", ":", "-."]
+MARKERS = ["o", "s", "^", "D"]
 DPI = 110
 TAB10 = matplotlib.colormaps["tab10"]
 
@@ -51,6 +63,17 @@ def curve_figure(frame, *, x: str, y: str, hue: str, title: str, ylabel: str, xl
     dashes = {s: LINESTYLES[i % len(LINESTYLES)] for i, s in enumerate(styles)}
     several_seeds = "seed" in data and data["seed"].nunique() > 1
     bands = several_seeds and len(hues) * len(styles) <= max_bands
+    # Curves that coincide (backends that agree, modes with the same results) must stay visible: earlier colours
+    # are drawn wider, so later ones lie inside them, and each line style has its own marker (hollow after the first).
+    widths = {h: 2.6 - 1.4 * i / max(len(hues) - 1, 1) for i, h in enumerate(hues)}
+
+    def marks(s, shown: bool) -> dict:
+        if not shown:
+            return {}
+        i = styles.index(s)
+        return {"marker": MARKERS[i % len(MARKERS)], "markersize": 4 if i == 0 else 6,
+                "markerfacecolor": None if i == 0 else "none"}
+
     fig = Figure(figsize=(max(7.0, panel[0] * len(cols) + 1.8), panel[1] * len(rows)))
     axes = fig.subplots(len(rows), len(cols), squeeze=False, sharex=True, sharey=sharey)
     for r, row_value in enumerate(rows):
@@ -71,7 +94,7 @@ def curve_figure(frame, *, x: str, y: str, hue: str, title: str, ylabel: str, xl
                     agg = line.groupby(x)[y].agg(["mean", "min", "max"]).sort_index()
                     label = f"{h}" + (f" · {s}" if style else "")
                     ax.plot(agg.index, agg["mean"], color=colours[h], linestyle=dashes[s], label=label,
-                            marker="o" if len(agg) <= 12 else None, markersize=3)
+                            linewidth=widths[h], **marks(s, len(agg) <= 12))
                     if bands:
                         ax.fill_between(agg.index, agg["min"], agg["max"], color=colours[h], alpha=0.15, linewidth=0)
             heading = " · ".join(str((titles or {}).get(v, v)) for v in (row_value, col_value) if v is not None)
@@ -95,10 +118,10 @@ def curve_figure(frame, *, x: str, y: str, hue: str, title: str, ylabel: str, xl
               "line: mean over seeds" if several_seeds else "one seed")
     fig.suptitle(f"{title}\n({legend})", fontsize=10)
     fig.tight_layout()
-    handles = [Line2D([], [], color=colours[h], marker="o", markersize=3) for h in hues]
+    handles = [Line2D([], [], color=colours[h], linewidth=2) for h in hues]
     labels = [str(h) for h in hues]
     if style and len(styles) > 1:  # colours and line styles apart: n + m entries instead of n x m
-        handles += [Line2D([], [], color="0.3", linestyle=dashes[s]) for s in styles]
+        handles += [Line2D([], [], color="0.3", linestyle=dashes[s], **marks(s, True)) for s in styles]
         labels += [str(s) for s in styles]
     elif style:
         labels = [f"{h} · {styles[0]}" for h in hues]
