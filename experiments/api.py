@@ -32,7 +32,7 @@ from experiments.results import Run
 from experiments.runner import RunOptions, run_experiment
 from experiments.sections import learning_curves_figure
 
-MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelSpec))
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelSpec) if f.name not in ("num_inputs", "num_outputs"))
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSpec) if f.name not in ("seed", "mode"))
 # Every field of RunOptions but the two that run() computes can be given to run() by name, so that a field added to
 # RunOptions is reachable from here without a change to this module.
