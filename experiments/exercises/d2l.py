@@ -102,7 +102,7 @@ def timing(run: Run) -> tuple[list[dict], list[str]]:
             sentence = (f"{name}: steady epoch compiled {sc:.2f} s, eager {se:.2f} s (compiled {speed}); first "
                         f"epoch compiled {fc:.2f} s, eager {fe:.2f} s")
             extra, saving = (fc - sc) - (fe - se), se - sc
-            if saving > 0 and extra > 0:
+            if fc > sc and saving > 0 and extra > 0:
                 sentence += f"; compiling pays for its warm-up after about {math.ceil(extra / saving)} epoch(s)"
             text.append(sentence + ".")
     return rows, text
@@ -112,6 +112,9 @@ def time_section(run: Run) -> list[str]:
     meta = run.meta
     conditions = f"{meta.get('threads', '?')} thread(s) per job on {meta.get('cpu', 'this machine')}"
     rows, text = timing(run)
+    steady = int(run.ok["epochs"].max()) - 1
+    if 0 < steady < 4:
+        text.insert(0, f"only {steady} steady epoch(s) per job: a rough figure; the default 10 epochs give 9.")
     return ["## Time", "", f"Medians over seeds, {conditions}, one job at a time. Epoch 1 carries compilation "
             "and warm-up; the steady epoch time is the median of epochs 2..E (`experiments.stats.steady_epochs`). "
             "These are the timings of this run on this machine, disturbed by whatever else ran on it; "
