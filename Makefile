@@ -28,7 +28,7 @@ data: main-venv
 	scripts/get-data.sh $(PY)
 
 run: setup
-	$(PY) harness.py --backend all
+	$(PY) harness.py --backend all --mode all
 
 test: setup
 	HARNESS_REQUIRE_BACKENDS=1 $(PY) -m pytest $(TEST_ARGS)

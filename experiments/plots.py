@@ -1,36 +1,81 @@
-"""The reports' two kinds of figure: a quantity against epoch (or N) per group, and a quantity per variant."""
+"""The reports' figures: a quantity against epoch (or N) per group, a quantity per variant, and the learning curves.
+
+Figures are built with ``matplotlib.figure.Figure``, not pyplot: no global figure registry to leak into and no
+backend to choose, so the same code draws for ``report.md`` (saved PNGs) and for a notebook (a returned Figure).
+"""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure as MatplotlibFigure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+class Figure(MatplotlibFigure):
+    """A matplotlib Figure that a notebook shows as a PNG when it is a cell's value (a Figure made without pyplot
+    has no display of its own)."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+        return buffer.getvalue()
+
 
 LINESTYLES = ["-", "--", ":", "-."]
+MARKERS = ["o", "s", "^", "D"]
+DPI = 110
+TAB10 = matplotlib.colormaps["tab10"]
+
+# The learning curves: (column of epochs.csv, panel title, scale).
+LEARNING_CURVES = (("train_loss", "training loss (noise on)", 1.0), ("val_loss", "validation loss", 1.0),
+                   ("val_acc", "validation accuracy (%)", 100.0))
 
 
-def curve_plot(frame, *, x: str, y: str, hue: str, path: Path, title: str, ylabel: str, xlabel: str | None = None,
-               row: str | None = None, col: str | None = None, style: str | None = None, logx: bool = False,
-               logy: bool = False, sharey: bool | str = "row", xticks: Sequence[float] | None = None,
-               max_bands: int = 6) -> Path:
+def save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return Path(path)
+
+
+def curve_plot(frame, *, path: Path, **kwargs) -> Path:
+    """``curve_figure`` saved as a PNG at ``path``."""
+    return save(curve_figure(frame, **kwargs), path)
+
+
+def curve_figure(frame, *, x: str, y: str, hue: str, title: str, ylabel: str, xlabel: str | None = None,
+                 row: str | None = None, col: str | None = None, style: str | None = None, logx: bool = False,
+                 logy: bool = False, sharey: bool | str = "row", xticks: Sequence[float] | None = None,
+                 max_bands: int = 6, titles: dict | None = None, panel: tuple[float, float] = (4.6, 3.3)) -> Figure:
     """``y`` against ``x``: one line per ``hue`` (colour) and ``style`` (line style), the mean over seeds with a
     band from the lowest to the highest seed (left out when a panel would hold more than ``max_bands`` lines);
-    one panel per ``row`` x ``col`` value."""
+    one panel per ``row`` x ``col`` value (``titles`` renames a panel's heading). The legend lists the colours and,
+    when there are several, the line styles apart."""
     data = frame.dropna(subset=[y])
     rows = list(dict.fromkeys(data[row])) if row else [None]
     cols = list(dict.fromkeys(data[col])) if col else [None]
     hues = list(dict.fromkeys(data[hue]))
     styles = list(dict.fromkeys(data[style])) if style else [None]
-    colours = {h: plt.cm.tab10(i % 10) for i, h in enumerate(hues)}
+    colours = {h: TAB10(i % 10) for i, h in enumerate(hues)}
     dashes = {s: LINESTYLES[i % len(LINESTYLES)] for i, s in enumerate(styles)}
-    bands = len(hues) * len(styles) <= max_bands
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(max(7.0, 4.6 * len(cols) + 1.8), 3.3 * len(rows)),
-                             squeeze=False, sharex=True, sharey=sharey)
+    several_seeds = "seed" in data and data["seed"].nunique() > 1
+    bands = several_seeds and len(hues) * len(styles) <= max_bands
+    # Curves that coincide (backends that agree, modes with the same results) must stay visible: earlier colours
+    # are drawn wider, so later ones lie inside them, and each line style has its own marker (hollow after the first).
+    widths = {h: 2.6 - 1.4 * i / max(len(hues) - 1, 1) for i, h in enumerate(hues)}
+
+    def marks(s, shown: bool) -> dict:
+        if not shown:
+            return {}
+        i = styles.index(s)
+        return {"marker": MARKERS[i % len(MARKERS)], "markersize": 4 if i == 0 else 6,
+                "markerfacecolor": None if i == 0 else "none"}
+
+    fig = Figure(figsize=(max(7.0, panel[0] * len(cols) + 1.8), panel[1] * len(rows)))
+    axes = fig.subplots(len(rows), len(cols), squeeze=False, sharex=True, sharey=sharey)
     for r, row_value in enumerate(rows):
         for c, col_value in enumerate(cols):
             ax = axes[r][c]
@@ -49,10 +94,10 @@ def curve_plot(frame, *, x: str, y: str, hue: str, path: Path, title: str, ylabe
                     agg = line.groupby(x)[y].agg(["mean", "min", "max"]).sort_index()
                     label = f"{h}" + (f" · {s}" if style else "")
                     ax.plot(agg.index, agg["mean"], color=colours[h], linestyle=dashes[s], label=label,
-                            marker="o" if len(agg) <= 12 else None, markersize=3)
-                    if bands and line["seed"].nunique() > 1:
+                            linewidth=widths[h], **marks(s, len(agg) <= 12))
+                    if bands:
                         ax.fill_between(agg.index, agg["min"], agg["max"], color=colours[h], alpha=0.15, linewidth=0)
-            heading = " · ".join(str(v) for v in (row_value, col_value) if v is not None)
+            heading = " · ".join(str((titles or {}).get(v, v)) for v in (row_value, col_value) if v is not None)
             if heading:
                 ax.set_title(heading, fontsize=9)
             if logx:
@@ -69,20 +114,35 @@ def curve_plot(frame, *, x: str, y: str, hue: str, path: Path, title: str, ylabe
                 ax.set_xlabel(xlabel or x)
             if c == 0:
                 ax.set_ylabel(ylabel)
-    handles, labels = {}, []
-    for ax in axes.flat:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            if label not in handles:
-                handles[label] = handle
-                labels.append(label)
-    fig.suptitle(f"{title}\n(line: mean over seeds" + ("; band: lowest to highest seed)" if bands else ")"),
-                 fontsize=10)
+    legend = ("line: mean over seeds; band: lowest to highest seed" if bands else
+              "line: mean over seeds" if several_seeds else "one seed")
+    fig.suptitle(f"{title}\n({legend})", fontsize=10)
     fig.tight_layout()
-    fig.legend([handles[l] for l in labels], labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=8,
-               frameon=False, ncol=min(len(labels), 4))
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    handles = [Line2D([], [], color=colours[h], linewidth=2) for h in hues]
+    labels = [str(h) for h in hues]
+    if style and len(styles) > 1:  # colours and line styles apart: n + m entries instead of n x m
+        handles += [Line2D([], [], color="0.3", linestyle=dashes[s], **marks(s, True)) for s in styles]
+        labels += [str(s) for s in styles]
+    elif style:
+        labels = [f"{h} · {styles[0]}" for h in hues]
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=8, frameon=False,
+               ncol=min(len(labels), 8), handlelength=3)
+    return fig
+
+
+def learning_curves(epochs_frame, *, hue: str = "backend", style: str | None = "mode", row: str | None = None,
+                    title: str = "learning curves", path: Path | None = None, max_bands: int = 12) -> Figure:
+    """Training loss, validation loss and validation accuracy against epoch, a panel each (a row of them per
+    ``row`` value): one colour per ``hue`` (the backend), one line style per ``style`` (the mode), the mean over
+    seeds with their range as a band. Saved as a PNG too when ``path`` is given."""
+    keys = [c for c in dict.fromkeys([hue, style, row, "seed", "epoch"]) if c]
+    long = pd.concat([epochs_frame[keys].assign(value=epochs_frame[column].astype(float) * scale, metric=label)
+                      for column, label, scale in LEARNING_CURVES], ignore_index=True)
+    fig = curve_figure(long, x="epoch", y="value", hue=hue, title=title, ylabel="", col="metric", style=style,
+                       row=row, sharey="col", max_bands=max_bands, panel=(3.7, 3.4))
+    if path is not None:
+        save(fig, path)
+    return fig
 
 
 def points_plot(frame, *, x: str, y: str, hue: str, path: Path, title: str, ylabel: str,
@@ -93,9 +153,10 @@ def points_plot(frame, *, x: str, y: str, hue: str, path: Path, title: str, ylab
     cats = list(dict.fromkeys(data[x]))
     hues = list(dict.fromkeys(data[hue]))
     width = 0.8 / max(len(hues), 1)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(cats) + 2.5), 3.8))
+    fig = Figure(figsize=(max(5.0, 1.1 * len(cats) + 2.5), 3.8))
+    ax = fig.subplots()
     for i, h in enumerate(hues):
-        colour = plt.cm.tab10(i % 10)
+        colour = TAB10(i % 10)
         for j, cat in enumerate(cats):
             values = data[(data[hue] == h) & (data[x] == cat)][y].astype(float)
             if values.empty:
@@ -113,9 +174,7 @@ def points_plot(frame, *, x: str, y: str, hue: str, path: Path, title: str, ylab
     ax.set_title(f"{title}\n(square: mean over seeds, bar: lowest to highest seed, dots: seeds)", fontsize=10)
     fig.tight_layout()
     fig.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=8, frameon=False, ncol=min(len(hues), 4))
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def image_link(path: Path, alt: str) -> str:

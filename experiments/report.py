@@ -1,37 +1,34 @@
 """Turns a run folder's CSVs into ``report.md`` and its plots, written from the numbers by the code.
 
-The section's run (``d2l``) gets the side-by-side table; each exercise's analysis (its file in
-``experiments/exercises/``) returns the report's sections and draws its plots with the shared helpers of
-``experiments.sections``, ``experiments.plots`` and ``experiments.stats``.
+Every report opens with what ran (``sections.report_header``). The section's own run (``d2l``, number 0) is all
+side by side and its analysis lays out the rest of the report; an exercise's analysis (its file in
+``experiments/exercises/``) returns its sections, and the report adds the learning curves of its variants, the
+comparison across backends and the runs table.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from experiments.catalog import CATALOG
 from experiments.results import Run
-from experiments.sections import across_setups, report_header, side_by_side
+from experiments.sections import across_setups, learning_curves_section, report_header, runs_section
 
 
 def write(experiment: str, folder: Path) -> Path | None:
     """Write ``report.md`` (and the plots) for the run in ``folder``; returns its path, or None when there is
     nothing to report."""
     folder = Path(folder)
-    summary_path = folder / "summary.csv"
-    if not summary_path.exists():
+    if not (folder / "summary.csv").exists():
         return None
     entry = CATALOG.get(experiment)
-    analysis = entry.analysis if entry is not None else None
-    summary = pd.read_csv(summary_path)
-    runs_table = ["```", side_by_side(summary.to_dict("records")), "```", ""]
-    if analysis is None:
-        lines = [f"# {experiment}", "", *runs_table]
+    run = Run(experiment, folder)
+    if entry is None or entry.analysis is None:
+        lines = [f"# {experiment}", "", *learning_curves_section(run), *runs_section(run)]
+    elif entry.number == 0:
+        lines = report_header(run, entry.description) + entry.analysis(run)
     else:
-        run = Run(experiment, folder)
-        lines = (report_header(run, entry.description) + analysis(run) + [""] + across_setups(run)
-                 + ["## Runs", "", *runs_table])
+        lines = (report_header(run, entry.description) + entry.analysis(run) + [""] + learning_curves_section(run)
+                 + across_setups(run) + runs_section(run))
     report = folder / "report.md"
     report.write_text("\n".join(lines))
     return report

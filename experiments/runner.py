@@ -20,7 +20,7 @@ from typing import Any, Callable
 from backends import registry
 from backends.contract.threads import thread_environment
 from experiments.plan import Experiment, Job
-from experiments.progress import Progress, bar
+from experiments.progress import Progress
 from experiments.rundir import RunFolder, job_columns, run_metadata, summary_row
 
 EventHook = Callable[[Job, dict[str, Any], subprocess.Popen], None]
@@ -104,9 +104,7 @@ def run_job(job: Job, index: int, folder: RunFolder, options: RunOptions, progre
                 epochs.append(event)
                 folder.append("epochs", dict(keys["keys"], **{k: event[k] for k in event if k != "event"},
                                              **keys["params"]))
-                progress.update(index, job, f"epoch {event['epoch']}/{job.train.epochs} "
-                                f"{bar(event['epoch'], job.train.epochs)} val_acc {event['val_acc']:.4f} "
-                                f"{event['epoch_seconds']:.2f} s/epoch")
+                progress.epoch(index, job, event)
             elif kind == "record":
                 clash = sorted(set(event["row"]) & (set(keys["keys"]) | set(keys["params"])))
                 if clash:  # a probe bug; overwriting the job's own columns would corrupt the table silently

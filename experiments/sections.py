@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from backends.contract.spec import NOISE_KINDS
-from experiments.plots import curve_plot, image_link, points_plot
+from experiments.plots import curve_plot, image_link, learning_curves, points_plot
 from experiments.results import Run
 from experiments.stats import describe, fmt_stat, paired, stat
 
@@ -207,11 +207,12 @@ def report_header(run: Run, description: str) -> list[str]:
     return lines
 
 
-def side_by_side(summary_rows: Iterable[dict[str, Any]]) -> str:
-    """Jobs grouped by backend, implementation, mode and variant; accuracy as mean and spread over seeds."""
+def side_by_side_rows(summary_rows: Iterable[dict[str, Any]]) -> list[dict[str, str]]:
+    """Jobs grouped by variant, backend, implementation and mode; accuracy as mean and spread over seeds, times as
+    medians over seeds. The one grouping of both tables below."""
     frame = pd.DataFrame(list(summary_rows))
     if frame.empty:
-        return "(no jobs)"
+        return []
     groups = []
     for keys, group in frame.groupby(["variant", "backend", "impl", "mode"], sort=False):
         ok = group[group["status"] == "ok"]
@@ -228,4 +229,51 @@ def side_by_side(summary_rows: Iterable[dict[str, Any]]) -> str:
             "version": next((str(v) for v in group.get("framework_version", []) if isinstance(v, str)), ""),
             "problem": "; ".join(sorted({str(e) for e in group["error"] if isinstance(e, str) and e})),
         })
-    return pd.DataFrame(groups).to_string(index=False)
+    return groups
+
+
+def side_by_side(summary_rows: Iterable[dict[str, Any]]) -> str:
+    """The side-by-side table for the console."""
+    rows = side_by_side_rows(summary_rows)
+    return pd.DataFrame(rows).to_string(index=False) if rows else "(no jobs)"
+
+
+def side_by_side_markdown(summary_rows: Iterable[dict[str, Any]]) -> str:
+    """The side-by-side table for ``report.md``."""
+    return markdown(side_by_side_rows(summary_rows))
+
+
+def runs_section(run: Run, heading: str = "Runs") -> list[str]:
+    return [f"## {heading}", "", "Per variant, backend, implementation and mode: jobs finished, final validation "
+            "accuracy and loss (mean, sd over seeds), first epoch (compilation and warm-up) and steady epoch seconds "
+            "(epochs 2..E), training samples per second (medians over seeds).", "",
+            side_by_side_markdown(run.summary.to_dict("records")), ""]
+
+
+def curve_roles(run: Run, frame) -> dict[str, str | None]:
+    """Who gets the colours in the learning curves: with one variant, the backends (line style: what else varies,
+    the mode); with several, the variants (a row of panels per backend x mode when there are several)."""
+    if frame["variant"].nunique() == 1:
+        arms = [setup[len(backend):].strip() for setup, backend in zip(frame["setup"], frame["backend"])]
+        frame["arm"] = arms
+        return {"hue": "backend", "style": "arm" if any(arms) else None, "row": None}
+    return {"hue": "variant", "style": None, "row": "setup" if len(run.setups) > 1 else None}
+
+
+def learning_curves_figure(run: Run, path=None):
+    """The run's learning curves (finished jobs) as a matplotlib Figure, saved at ``path`` too when given; None
+    when no epoch finished."""
+    epochs = run.table("epochs")
+    if epochs is None or len(epochs) == 0:
+        return None
+    roles = curve_roles(run, epochs)
+    return learning_curves(epochs, **roles, path=path, title=f"{run.experiment}: learning curves")
+
+
+def learning_curves_section(run: Run) -> list[str]:
+    path = run.image("learning_curves.png")
+    if learning_curves_figure(run, path) is None:
+        return []
+    return ["## Learning curves", "", "Training loss (measured in training mode, noise on, averaged over the epoch "
+            "while the weights move, as D2L plots it), validation loss and validation accuracy on the 10,000 test "
+            "images (noise off) after every epoch.", "", image_link(path, "learning curves"), ""]

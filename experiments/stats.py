@@ -8,16 +8,13 @@
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
+from scipy import stats as scipy_stats
 
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
-         20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
-         29: 2.045, 30: 2.042}
+CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True)
@@ -35,12 +32,17 @@ class Stat:
         """Half-width of the 95 % t-interval of the mean (NaN for fewer than two seeds)."""
         if self.n < 2 or not math.isfinite(self.sd):
             return math.nan
-        return _T975.get(self.n - 1, 1.96) * self.sd / math.sqrt(self.n)
+        return float(scipy_stats.t.ppf(0.5 + CONFIDENCE / 2, self.n - 1)) * self.sd / math.sqrt(self.n)
 
     @property
     def clear(self) -> bool:
         """True when the 95 % interval excludes 0: the difference is beyond the seed noise."""
         return self.n >= 2 and math.isfinite(self.half_width) and abs(self.mean) > self.half_width
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """The 95 % t-interval of the mean (NaN ends for fewer than two seeds)."""
+        return self.mean - self.half_width, self.mean + self.half_width
 
     def scaled(self, factor: float) -> "Stat":
         above, below = (self.above, self.below) if factor >= 0 else (self.below, self.above)
@@ -72,6 +74,15 @@ def fmt_stat(s: Stat, digits: int = 2, signed: bool = False) -> str:
     return mean if s.n < 2 else f"{mean} ± {s.sd:.{digits}f}"
 
 
+def verdict(s: Stat) -> str:
+    """Whether a difference over seeds is beyond the seed noise (its 95 % interval excludes 0) or within it."""
+    if s.n == 0:
+        return "not measured"
+    if s.n < 2:
+        return "one seed: no spread to judge"
+    return "beyond the seed noise" if s.clear else "within the seed noise"
+
+
 def describe(s: Stat, unit: str = "points", digits: int = 2) -> str:
     """A difference in words: its size and sign, its spread over seeds, and whether it is beyond the seed noise."""
     if s.n == 0:
@@ -79,11 +90,10 @@ def describe(s: Stat, unit: str = "points", digits: int = 2) -> str:
     head = f"{s.mean:+.{digits}f} {unit}"
     if s.n < 2:
         return f"{head} (one seed: no spread to judge)"
-    lo, hi = s.mean - s.half_width, s.mean + s.half_width
-    verdict = "beyond the seed noise" if s.clear else "within the seed noise"
+    lo, hi = s.interval
     signs = f"negative in {s.below}" if s.mean < 0 else f"positive in {s.above}"
     return (f"{head} (sd {s.sd:.{digits}f} over {s.n} seeds, {signs} of them; 95 % CI {lo:+.{digits}f} to "
-            f"{hi:+.{digits}f}: {verdict})")
+            f"{hi:+.{digits}f}: {verdict(s)})")
 
 
 @dataclass(frozen=True)
@@ -102,17 +112,8 @@ class Steady:
 
 def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
     """Median and the 25th/75th percentiles with linear interpolation (NumPy's default)."""
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0], ordered[0], ordered[0]
-
-    def at(q: float) -> float:
-        position = q * (len(ordered) - 1)
-        low = math.floor(position)
-        high = min(low + 1, len(ordered) - 1)
-        return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-    return statistics.median(ordered), at(0.25), at(0.75)
+    median, q1, q3 = np.percentile(np.asarray(values, dtype=float), [50, 25, 75])
+    return float(median), float(q1), float(q3)
 
 
 def steady_epochs(epoch_seconds: Sequence[float]) -> Steady | None:

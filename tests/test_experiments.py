@@ -214,11 +214,61 @@ def test_swap_report_states_the_right_sign_and_size(tmp_path):
     assert (tmp_path / "final_accuracy.png").stat().st_size > 0
 
 
-def test_d2l_keeps_its_side_by_side_report(tmp_path):
-    rows = _summary_rows({(0.5, 0.5): [0.85]})
-    pd.DataFrame(rows).assign(variant="d2l").to_csv(tmp_path / "summary.csv", index=False)
+def _d2l_rows(accuracies: dict[tuple[str, str], list[float]], seconds: dict[tuple[str, str], tuple[float, float]]):
+    rows = []
+    for (backend, mode), values in accuracies.items():
+        first, steady = seconds[(backend, mode)]
+        for row in _summary_rows({(0.5, 0.5): values}):
+            rows.append(dict(row, backend=backend, mode=mode, variant="d2l", first_epoch_seconds=first,
+                             median_epoch_seconds=steady, samples_per_second=60000 / steady))
+    return rows
+
+
+def test_d2l_report_states_agreement_with_numpy_and_the_time(tmp_path):
+    accuracies = {("numpy", "eager"): [0.850, 0.852, 0.851],
+                  ("torch", "eager"): [0.852, 0.851, 0.853],  # +0.2, -0.1, +0.2 points: within the noise
+                  ("torch", "compiled"): [0.840, 0.842, 0.841]}  # -1.00 points at every seed: beyond it
+    seconds = {("numpy", "eager"): (1.0, 0.9), ("torch", "eager"): (1.5, 1.0), ("torch", "compiled"): (20.0, 0.5)}
+    pd.DataFrame(_d2l_rows(accuracies, seconds)).to_csv(tmp_path / "summary.csv", index=False)
+    epochs = [{"backend": b, "impl": "concise", "mode": m, "variant": "d2l", "seed": seed, "epoch": e,
+               "train_loss": 1.0 / e, "val_loss": 1.1 / e, "val_acc": acc - 0.1 / e}
+              for (b, m), values in accuracies.items() for seed, acc in enumerate(values) for e in (1, 2, 3)]
+    pd.DataFrame(epochs).to_csv(tmp_path / "epochs.csv", index=False)
     text = report.write("d2l", tmp_path).read_text()
-    assert text.startswith("# d2l\n\n```\n") and "val_acc" in text and "0.8500" in text
+    sections = re.findall(r"^## (.+)$", text, flags=re.M)
+    assert sections == ["Learning curves", "Side by side", "Agreement with the NumPy reference", "Time"]
+    assert "```" not in text and (tmp_path / "learning_curves.png").stat().st_size > 5000
+    assert "| d2l | torch | concise | compiled | 3/3 | 0.8410 | 0.0010 | 0.4000 | 20.00 | 0.50 | 120,000 |" in text
+    # t(0.975, 2) = 4.303: +0.10 ± 0.17 -> -0.33 to +0.53
+    assert "| torch | eager | 3 | +0.10 ± 0.17 | -0.33 to +0.53 | within the seed noise |" in text
+    assert "| torch | compiled | 3 | -1.00 ± 0.00 | -1.00 to -1.00 | beyond the seed noise |" in text
+    assert "NumPy reference (concise): final validation accuracy 85.10 ± 0.10 % over 3 seed(s)." in text
+    assert ("1 of 2 backend x mode arms are within the seed noise of NumPy's final validation accuracy; the "
+            "largest mean difference is -1.00 points (torch compiled, beyond the seed noise).") in text
+    assert "| torch | compiled | 3 | 20.00 | 0.50 | +19.50 | 120,000 |" in text
+    assert ("torch: steady epoch compiled 0.50 s, eager 1.00 s (compiled 2.0x faster); first epoch compiled 20.00 s, "
+            "eager 1.50 s; compiling pays for its warm-up after about 38 epoch(s).") in text
+    assert "fastest steady epoch: torch compiled at 0.50 s." in text
+
+
+def test_d2l_report_without_the_numpy_reference_or_with_one_seed(tmp_path):
+    seconds = {("torch", "eager"): (1.5, 1.0), ("numpy", "eager"): (1.0, 0.9)}
+    pd.DataFrame(_d2l_rows({("torch", "eager"): [0.85]}, seconds)).to_csv(tmp_path / "summary.csv", index=False)
+    assert "The NumPy reference did not run" in report.write("d2l", tmp_path).read_text()
+    rows = _d2l_rows({("numpy", "eager"): [0.85], ("torch", "eager"): [0.86]}, seconds)
+    pd.DataFrame(rows).to_csv(tmp_path / "summary.csv", index=False)
+    text = report.write("d2l", tmp_path).read_text()
+    assert "| torch | eager | 1 | +1.00 | - | one seed: no spread to judge |" in text
+    assert "One seed only" in text and "nan" not in text.lower()
+
+
+def test_t_quantiles_come_from_scipy():
+    from scipy.stats import t
+
+    for n in (2, 3, 10, 31, 41):  # the hand-typed table stopped at 30 degrees of freedom and fell back to 1.96
+        assert stats.Stat(0.0, 1.0, n).half_width == pytest.approx(t.ppf(0.975, n - 1) / math.sqrt(n), rel=1e-12)
+    assert stats.Stat(0.0, 1.0, 3).half_width == pytest.approx(4.303 / math.sqrt(3), abs=1e-3)
+    assert math.isnan(stats.Stat(0.5, math.nan, 1).half_width)
 
 
 # ------------------------------------------------------------------------------------- end to end, real CLI, subset
@@ -266,13 +316,14 @@ def test_exercise_runs_end_to_end(smoke_runs, name):
     assert run.returncode == 0, run.stderr[-2000:]
     out = run.out
     pngs, tables = EXPECTED[name]
-    for png in pngs:
+    for png in [*pngs, "learning_curves.png"]:  # every report draws the learning curves of its variants
         assert (out / png).stat().st_size > 5000, png
     report = (out / "report.md").read_text()
     assert report.startswith(f"# {name}\n") and "## What the numbers show" in report and "Smoke run" in report
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report):
         assert (out / link).exists(), link
-    assert set(pngs) <= set(re.findall(r"\]\(([^)]+\.png)\)", report))
+    assert {*pngs, "learning_curves.png"} <= set(re.findall(r"\]\(([^)]+\.png)\)", report))
+    assert "## Learning curves" in report and "```" not in report
     assert not re.search(r"\bnan\b", report.lower())
 
     summary = pd.read_csv(out / "summary.csv")

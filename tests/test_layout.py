@@ -30,22 +30,26 @@ def project_modules(root: Path) -> dict[str, Path]:
     return modules
 
 
-def imported_names(path: Path) -> set[str]:
-    """Every module an import statement names, wherever it stands (top level, function, try block)."""
+def imported_names(path: Path, modules: dict[str, Path] | None = None) -> set[str]:
+    """Every module an import statement names, wherever it stands (top level, function, try block). Given the
+    project's ``modules``, ``from a import b`` where b is one of them names a.b only (nothing of a's own is used)."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+            submodules = {f"{node.module}.{alias.name}" for alias in node.names}
+            names.update(submodules)
+            if modules is None or not submodules <= set(modules):
+                names.add(node.module)
     return names
 
 
 def import_graph(root: Path) -> dict[str, set[str]]:
     """module -> the project modules it imports (``from a import b`` counts as a.b when b is a module)."""
     modules = project_modules(root)
-    return {name: {n for n in imported_names(path) if n in modules and n != name} for name, path in modules.items()}
+    return {name: {n for n in imported_names(path, modules) if n in modules and n != name}
+            for name, path in modules.items()}
 
 
 def layering_violations(graph: dict[str, set[str]]) -> list[str]:

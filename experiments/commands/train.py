@@ -1,18 +1,12 @@
-"""``python harness.py [--backend ...] [--experiment ...]``: train an experiment's jobs, then write its report."""
+"""``python harness.py [--backend ...] [--experiment ...]``: train an experiment's jobs, then write its report; a thin
+layer over ``experiments.api.run`` (flags in, the table out)."""
 from __future__ import annotations
 
 import argparse
-import sys
-import time
-from pathlib import Path
 
 from backends import registry
-from experiments import catalog, data, report
-from experiments.options import (
-    Parser, UsageError, add_backend_option, add_mode_option, add_run_options, add_spec_options, modes_of,
-    validate_run_options,
-)
-from experiments.runner import RunOptions, run_experiment
+from experiments import api, catalog
+from experiments.options import Parser, add_backend_option, add_mode_option, add_run_options, add_spec_options
 from experiments.sections import side_by_side
 
 
@@ -43,43 +37,30 @@ def list_everything() -> str:
     return "\n".join(lines)
 
 
-def overrides(args: argparse.Namespace) -> tuple[dict, dict]:
-    model = {"dropouts": args.dropout, "hiddens": args.hiddens, "impl": args.impl, "noise": args.noise,
-             "init": args.init}
-    train = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-             "train_limit": args.train_limit}
-    model = {k: tuple(v) if isinstance(v, list) else v for k, v in model.items() if v is not None}
-    if "hiddens" in model and "dropouts" not in model and len(model["hiddens"]) != 2:
-        raise UsageError("--hiddens with other than two layers needs --dropout with one probability per layer")
-    return model, {k: v for k, v in train.items() if v is not None}
+def overrides(args: argparse.Namespace) -> dict:
+    """The spec flags the user gave, as ``api.run``'s keyword arguments."""
+    given = {"dropouts": args.dropout, "hiddens": args.hiddens, "impl": args.impl, "noise": args.noise,
+             "init": args.init, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+             "weight_decay": args.weight_decay, "train_limit": args.train_limit}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def run_options(args: argparse.Namespace) -> dict:
+    """The run flags, as ``api.run``'s keyword arguments (a new RunOptions field's flag goes here)."""
+    return {"out": args.out, "data_dir": args.data_dir, "threads": args.threads, "job_timeout": args.job_timeout}
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.list:
         print(list_everything())
         return 0
-    validate_run_options(args)
-    model, train = overrides(args)
-    modes = modes_of(args.mode)
-    chosen = registry.select(args.backend, installed_only=True)
-    if not chosen:
-        raise registry.BackendError("no backend is available; run make setup (or pip install numpy) first")
-    if args.mode != "all":
-        for name in chosen:
-            if args.mode not in registry.resolve(name).modes:
-                raise UsageError(f"backend {name} has no {args.mode} mode (it offers "
-                                 f"{', '.join(registry.resolve(name).modes)}); use --mode all or another backend")
-    experiment = catalog.build(args.experiment, backends=chosen, modes=modes, seeds=args.seeds,
-                               model_overrides=model, train_overrides=train)
-    data_dir = data.locate(args.data_dir)
-    out = args.out or Path("results") / f"{experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    options = RunOptions(data_dir=data_dir, out_dir=out, threads=args.threads, job_timeout=args.job_timeout)
-    print(f"{experiment.name}: {experiment.description}", file=sys.stderr)
-    print(f"data: {data_dir}   results: {out}   threads: {args.threads}", file=sys.stderr)
-    rows = run_experiment(experiment, options, argv=argv)
-    report.write(experiment.name, out)
+    result = api.run(args.experiment, backends=args.backend, modes=args.mode, seeds=args.seeds, argv=argv,
+                     **run_options(args), **overrides(args))
     print()
-    print(side_by_side(rows))
-    written = sorted(path.name for path in Path(out).iterdir() if path.is_file())
-    print(f"\nresults in {out}/: {', '.join(written)}")
-    return 0 if any(row["status"] == "ok" for row in rows) else 1
+    print(side_by_side(result.summary.to_dict("records")))
+    written = sorted(path.name for path in result.folder.iterdir() if path.is_file())
+    print(f"\nresults in {result.folder}/: {', '.join(written)}")
+    print(f"report: {result.report}")
+    if result.figure is not None:
+        print(f"figure: {result.figure}")
+    return 0 if result.ok else 1

@@ -1,0 +1,176 @@
+"""The Python interface, for notebooks and scripts; the command line is built on it.
+
+    from experiments import run, load
+    r = run("d2l", backends=["jax", "torch"], modes=["eager", "compiled"], epochs=10, seeds=[0, 1])
+    r.summary, r.epochs        # pandas DataFrames, read back from the run folder's CSVs
+    r.plot()                   # the learning curves, a matplotlib Figure
+    load("results/d2l-20261126-120000")   # the same for a finished run (bench runs too: r.bench)
+
+``run`` starts one worker process per job through the same runner as ``python harness.py``, writes the same run
+folder (CSVs, ``meta.json``, ``report.md``, PNGs), and raises the command line's user errors (the classes of
+``experiments.cli.USER_ERRORS``, with the same one-line messages) instead of printing them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+
+from backends import registry
+from backends.contract.spec import MODES, ModelSpec, TrainSpec
+from experiments import catalog, data, report
+from experiments.options import UsageError, modes_of, validate_run_options
+from experiments.results import Run
+from experiments.runner import RunOptions, run_experiment
+from experiments.sections import learning_curves_figure
+
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelSpec) if f.name not in ("num_inputs", "num_outputs"))
+TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSpec) if f.name not in ("seed", "mode"))
+# Every field of RunOptions but the two that run() computes can be given to run() by name, so that a field added to
+# RunOptions is reachable from here without a change to this module.
+RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunOptions) if f.name not in ("data_dir", "out_dir"))
+
+
+@dataclass
+class Result:
+    """A run folder read back: its tables as DataFrames, ``meta.json``, and the learning curves."""
+
+    folder: Path
+    experiment: str
+    meta: dict[str, Any] = field(repr=False)
+    summary: pd.DataFrame | None = field(repr=False)
+    epochs: pd.DataFrame | None = field(repr=False)
+    bench: pd.DataFrame | None = field(default=None, repr=False)
+
+    @property
+    def report(self) -> Path | None:
+        """``report.md`` (``bench.md`` for a bench run), or None when the folder has neither."""
+        return next((p for p in (self.folder / "report.md", self.folder / "bench.md") if p.exists()), None)
+
+    @property
+    def figure(self) -> Path | None:
+        """The learning curves' PNG that the report links, when it was written."""
+        path = self.folder / "learning_curves.png"
+        return path if path.exists() else None
+
+    @property
+    def ok(self) -> bool:
+        """True when at least one job finished."""
+        return self.summary is not None and bool((self.summary["status"] == "ok").any())
+
+    def table(self, name: str) -> pd.DataFrame | None:
+        """Another table of the run folder (``train_eval``, ``activations``, ``timings``, ...), or None."""
+        return read_table(self.folder, name)
+
+    def plot(self, path: str | Path | None = None):
+        """The learning curves of the finished jobs (the report's figure) as a matplotlib Figure; also saved as a
+        PNG at ``path`` when given."""
+        if self.summary is None:
+            raise UsageError(f"{self.folder} has no summary.csv: no job of this run has finished")
+        figure = learning_curves_figure(Run(self.experiment, self.folder), path)
+        if figure is None:
+            raise UsageError(f"{self.folder} has no finished epoch to plot")
+        return figure
+
+
+def read_table(folder: Path, name: str) -> pd.DataFrame | None:
+    path = Path(folder) / f"{name}.csv"
+    return pd.read_csv(path) if path.exists() else None
+
+
+def load(folder: str | Path) -> Result:
+    """A finished (or interrupted) run folder: a training run or a bench run."""
+    folder = Path(folder)
+    if not (folder / "summary.csv").exists() and not (folder / "bench.csv").exists():
+        raise UsageError(f"{folder} holds no run (no summary.csv or bench.csv); give a folder that harness.py or "
+                         "experiments.run wrote, e.g. results/d2l-<timestamp>")
+    meta_path = folder / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    return Result(folder=folder, experiment=meta.get("experiment", folder.name.rsplit("-", 2)[0]), meta=meta,
+                  summary=read_table(folder, "summary"), epochs=read_table(folder, "epochs"),
+                  bench=read_table(folder, "bench"))
+
+
+def _names(value: str | Iterable[str] | None) -> list[str] | None:
+    return [value] if isinstance(value, str) else (list(value) if value is not None else None)
+
+
+def select_modes(backends: Sequence[str], modes: str | Iterable[str]) -> tuple[str, ...]:
+    """``"all"`` (each backend runs every mode it has) or modes by name, which every chosen backend must offer."""
+    names = _names(modes) or ["eager"]
+    if names == ["all"]:
+        return modes_of("all")
+    for mode in names:
+        if mode not in MODES:
+            raise UsageError(f"unknown mode {mode!r}; choose from {', '.join(MODES)} or all")
+        for name in backends:
+            offered = registry.resolve(name).modes
+            if mode not in offered:
+                raise UsageError(f"backend {name} has no {mode} mode (it offers {', '.join(offered)}); use --mode "
+                                 "all (modes='all') or another backend")
+    return tuple(names)
+
+
+def split_overrides(overrides: dict[str, Any]) -> tuple[dict, dict, dict]:
+    """The keyword arguments of ``run`` by destination: ModelSpec, TrainSpec, RunOptions."""
+    model = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if k in MODEL_FIELDS}
+    train = {k: v for k, v in overrides.items() if k in TRAIN_FIELDS}
+    options = {k: v for k, v in overrides.items() if k in RUN_FIELDS}
+    unknown = sorted(set(overrides) - set(model) - set(train) - set(options))
+    if unknown:
+        raise UsageError(f"unknown setting {', '.join(unknown)}; run() takes the model's "
+                         f"({', '.join(MODEL_FIELDS)}), the trainer's ({', '.join(TRAIN_FIELDS)}) and the runner's "
+                         f"({', '.join(RUN_FIELDS)})")
+    if "hiddens" in model and "dropouts" not in model and len(model["hiddens"]) != 2:
+        raise UsageError("--hiddens with other than two layers needs --dropout with one probability per layer")
+    return model, train, options
+
+
+def call_text(experiment: str, arguments: dict[str, Any]) -> str:
+    """How the call reads in ``meta.json`` and the report's header."""
+    shown = ", ".join(f"{k}={v!r}" for k, v in arguments.items() if v is not None)
+    return f"experiments.run({experiment!r}{', ' + shown if shown else ''})"
+
+
+def run(experiment: str = "d2l", *, backends: str | Iterable[str] | None = None,
+        modes: str | Iterable[str] = "eager", seeds: Iterable[int] | None = None, out: str | Path | None = None,
+        data_dir: str | Path | None = None, threads: int | None = None, job_timeout: float = 900.0,
+        progress: bool = True, argv: list[str] | None = None, **overrides: Any) -> Result:
+    """Train ``experiment``'s jobs, one worker process each, write the run folder and its report, and return it.
+
+    ``backends``: names or ``"all"`` (default: every installed backend); ``modes``: ``"eager"``, ``"compiled"``,
+    a list of them, or ``"all"`` (each backend's own modes); ``seeds``: the experiment's default when None;
+    ``out``: the run folder (``results/<experiment>-<timestamp>``); ``threads``: per framework (all cores).
+    ``overrides``: the model's and the trainer's fields (``epochs=2, train_limit=3000, lr=0.05,
+    dropouts=(0.2, 0.5), impl="scratch"``, ...) and any further field of ``experiments.runner.RunOptions``
+    by name. ``argv``: the command line to record (the CLI's); by default this call."""
+    model, train, extra_options = split_overrides(overrides)
+    threads = (os.cpu_count() or 1) if threads is None else threads
+    validate_run_options(SimpleNamespace(threads=threads, job_timeout=job_timeout))
+    chosen = registry.select(_names(backends), installed_only=True)
+    if not chosen:
+        raise registry.BackendError("no backend is available; run make setup (or pip install numpy) first")
+    planned = catalog.build(experiment, backends=chosen, modes=select_modes(chosen, modes),
+                            seeds=tuple(seeds) if seeds is not None else None, model_overrides=model,
+                            train_overrides=train)
+    folder = Path(out) if out is not None else Path("results") / f"{planned.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    options = RunOptions(data_dir=data.locate(data_dir), out_dir=folder, threads=threads, job_timeout=job_timeout,
+                         progress=progress, **extra_options)
+    if progress:
+        print(f"{planned.name}: {planned.description}\ndata: {options.data_dir}   results: {folder}   "
+              f"threads: {threads}", file=sys.stderr)
+    if argv is None:
+        argv = [call_text(experiment, {"backends": _names(backends), "modes": modes, "seeds": seeds,
+                                       **overrides})]
+    run_experiment(planned, options, argv=argv)
+    report.write(planned.name, folder)
+    return load(folder)
+
