@@ -50,6 +50,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.repeats < 1:
         raise UsageError(f"--repeats must be at least 1, got {args.repeats}")
     validate_run_options(args)
+    if args.jobs > 1:
+        raise UsageError(f"the bench runs one job at a time (--jobs {args.jobs} refused): jobs that run together "
+                         f"share the CPUs, so their timings would not be the backend's own")
     chosen = registry.select(args.backend, installed_only=False)
     modes = modes_of(args.mode)
     train = {"epochs": 1 + args.repeats, "batch_size": BATCH_SIZE, "device": args.device}
@@ -107,8 +110,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     run_names = [n for n in chosen if any(b == n for b, _ in runnable)]
     if run_names:
         experiment = catalog.build("d2l", backends=run_names, modes=modes, seeds=(0,), train_overrides=train)
+        on_ray = args.executor == "ray"
+        if on_ray:
+            print("bench on Ray: each job asks for every CPU of a node (and uses them as its threads), so that no "
+                  "other job shares the node while it is timed", file=sys.stderr)
         options = RunOptions(data_dir=data_dir, out_dir=out, threads=args.threads, job_timeout=args.job_timeout,
-                             bench_timing=True)
+                             bench_timing=True, executor=args.executor, ray_address=args.ray_address,
+                             all_cpus_of_node=on_ray)
         for summary in run_experiment(experiment, options, argv=argv, on_event=log, between_jobs=between_jobs):
             summaries[(summary["backend"], summary["mode"])] = summary
         meta = json.loads((out / "meta.json").read_text())
