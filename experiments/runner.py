@@ -161,6 +161,9 @@ def run_experiment(experiment: Experiment, options: RunOptions, *, argv: list[st
     ``between_jobs(job)`` runs before each job is started and once more with None after the last (the bench times
     its floor there; it refuses more than one job at a time, so no worker is alive then)."""
     jobs = experiment.jobs(lambda name: registry.resolve(name).modes)
+    # Before the folder is touched (a cluster that cannot be reached is a user error), and before the signals are
+    # taken over: ray.init installs its own SIGTERM handler.
+    executor = make_executor(options)
     if decisions is None:
         decisions = resume.plan(jobs, options.out_dir, data_dir=options.data_dir, threads=options.threads,
                                 resume=options.resume, force=options.force)
@@ -197,10 +200,8 @@ def run_experiment(experiment: Experiment, options: RunOptions, *, argv: list[st
     pending = deque((i, d) for i, d in enumerate(decisions, start=1) if d.action == "run")
     running: dict[int, JobRecord] = {}
     sink: queue.Queue = queue.Queue()
-    executor: Executor | None = None
     with _Signals() as signals:
         try:
-            executor = make_executor(options)
             while pending or running:
                 while pending and len(running) < executor.capacity:
                     index, decision = pending.popleft()
@@ -243,16 +244,14 @@ def run_experiment(experiment: Experiment, options: RunOptions, *, argv: list[st
                 between_jobs(None)
         except Interrupted as stop:
             signals.hold()
-            if executor is not None:
-                executor.shutdown()
+            executor.shutdown()
             name = signal.Signals(stop.signum).name
             for record in running.values():
                 record.error = f"interrupted by {name} after {len(record.epochs)} of {record.job.train.epochs} epochs"
                 finish(record, "interrupted")
             raise RunInterrupted(stop.signum, rows) from None
         finally:
-            if executor is not None:
-                executor.shutdown()
+            executor.shutdown()
     return rows
 
 

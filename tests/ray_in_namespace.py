@@ -62,6 +62,20 @@ def kill_first_worker(out, key, timeout=300):
     return False
 
 
+def workers_of(out):
+    return [p for p in psutil.process_iter(["cmdline"])
+            if any(arg.startswith(str(out)) for arg in (p.info["cmdline"] or [])[3:4])]
+
+
+def wait_for_epoch(out, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (out / "epochs.csv").exists():
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def alive_nodes():
     probe = ("import ray; ray.init(address='127.0.0.1:%d', log_to_driver=False); "
              "print(sum(n['Alive'] for n in ray.nodes()))" % HEAD_PORT)
@@ -86,6 +100,12 @@ def main() -> int:
         result["killed_worker"] = kill_first_worker(out / "killed", KILL_KEY)
         result["killed"] = finish(killed)
         result["local"] = finish(harness(args, out / "local"))
+        stopped = harness([*args, *address], out / "stopped")
+        result["stopped_mid_run"] = wait_for_epoch(out / "stopped")
+        stopped.send_signal(signal.SIGTERM)
+        result["stopped"] = finish(stopped)
+        time.sleep(3)
+        result["workers_after_sigterm"] = len(workers_of(out / "stopped"))
     except Exception as exc:  # noqa: BLE001 - reported to the test, which fails on it
         result["error"] = repr(exc)
     finally:

@@ -1,6 +1,6 @@
 """Executors: ``--jobs 2`` gives the numbers of ``--jobs 1``; a Ray cluster of two nodes, started inside a network
 namespace of the test's own, gives the local executor's numbers, with its columns, a failed row for a killed worker,
-and nothing left running; the bench refuses concurrent jobs."""
+SIGTERM cancels its tasks and nothing is left running; the bench refuses concurrent jobs."""
 import json
 import os
 import shutil
@@ -82,6 +82,11 @@ def test_a_two_node_ray_cluster_in_its_own_network_namespace_gives_the_local_num
     assert all(int(r["concurrent_jobs"]) >= 1 and float(r["dispatch_seconds"]) > 0 for r in summary)
     assert {r["executor"] for r in read_csv(ray_run / "epochs.csv")} == {"ray"}
     assert len(read_csv(ray_run / "train_eval.csv")) == len(read_csv(local / "train_eval.csv"))
+
+    assert result["stopped_mid_run"] and result["stopped"]["returncode"] == 143, result["stopped"]
+    assert result["workers_after_sigterm"] == 0
+    stopped = read_csv(tmp_path / "stopped" / "summary.csv")
+    assert "interrupted" in {r["status"] for r in stopped}, [(r["status"], r["error"]) for r in stopped]
 
     assert result["killed_worker"], "the worker to kill never appeared"
     killed = read_csv(tmp_path / "killed" / "summary.csv")

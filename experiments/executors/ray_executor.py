@@ -21,6 +21,7 @@ import ray  # noqa: E402
 from backends import registry  # noqa: E402
 from experiments.executors.base import Launch  # noqa: E402
 from experiments.executors.process import start_worker, stream_events  # noqa: E402
+from experiments.options import UsageError  # noqa: E402
 
 LOG_LIMIT = 1 << 20  # bytes of a worker's stderr sent back with its last event
 CONNECT_WAIT = 120.0  # seconds to reach or start the cluster
@@ -54,6 +55,18 @@ def job_task(backend: str, request: dict[str, Any], threads: int, label: str, al
             yield event
 
 
+def reachable(address: str) -> None:
+    """A ``host:port`` that nothing answers on is refused at once (ray.init would retry for minutes)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return  # "auto", "ray://...": left to Ray
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_WAIT / 24).close()
+    except OSError as exc:
+        raise UsageError(f"--ray-address {address}: nothing answers there ({exc.strerror or exc}); start the "
+                         f"head with ray start --head, or check the address") from None
+
+
 class RayExecutor:
     name = "ray"
 
@@ -61,9 +74,16 @@ class RayExecutor:
         # Tasks import this project on every node from the same path as here (the README's cluster section).
         runtime_env = {"env_vars": {"PYTHONPATH": str(registry.PROJECT_ROOT), "RAY_USAGE_STATS_ENABLED": "0"}}
         if address:
-            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
-        else:  # a Ray instance of this run alone, stopped by shutdown()
-            ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
+            reachable(address)
+        try:
+            if address:
+                ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+            else:  # a Ray instance of this run alone, stopped by shutdown()
+                ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+            raise UsageError(f"cannot reach {where} ({' '.join(str(exc).split())[:200]}); check --ray-address "
+                             f"and that the cluster runs (ray status)") from None
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         cpus = [int(n["Resources"].get("CPU", 0)) for n in nodes]
         self.cpus_per_job = max(cpus) if all_cpus_of_node else threads
