@@ -182,9 +182,9 @@ def run_experiment(experiment: Experiment, options: RunOptions, *, argv: list[st
                 started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), executor=options.executor,
                 concurrent_jobs=options.jobs, reused_jobs=len(reused))
     folder.write_json("meta.json", meta)
-    for d in decisions:
-        if d.action == "reuse":
-            progress.update(decisions.index(d) + 1, d.job, "reused (done in an earlier run)", final=True)
+    for index, decision in enumerate(decisions, start=1):
+        if decision.action == "reuse":
+            progress.update(index, decision.job, "reused (done in an earlier run)", final=True)
 
     def finish(record: JobRecord, status: str | None = None) -> None:
         row = record.summary(status)
