@@ -164,6 +164,15 @@ def run_experiment(experiment: Experiment, options: RunOptions, *, argv: list[st
     # Before the folder is touched (a cluster that cannot be reached is a user error), and before the signals are
     # taken over: ray.init installs its own SIGTERM handler.
     executor = make_executor(options)
+    try:
+        return _run(experiment, jobs, options, executor, argv, on_event, between_jobs, decisions)
+    finally:
+        executor.shutdown()
+
+
+def _run(experiment: Experiment, jobs: list[Job], options: RunOptions, executor: Executor, argv: list[str] | None,
+         on_event: EventHook | None, between_jobs: Callable[[Job | None], None] | None,
+         decisions: list[resume.Decision] | None) -> list[dict[str, Any]]:
     if decisions is None:
         decisions = resume.plan(jobs, options.out_dir, data_dir=options.data_dir, threads=options.threads,
                                 resume=options.resume, force=options.force)
@@ -216,10 +225,10 @@ def run_experiment(experiment: Experiment, options: RunOptions, *, argv: list[st
                     progress.update(index, decision.job, "starting")
                     record.submitted = record.last_event = time.monotonic()
                     executor.submit(index, _launch(decision.job, folder, options), sink)
+                _enforce_timeouts(running, executor, options.job_timeout)  # also while other jobs keep talking
                 try:
                     slot, event = sink.get(timeout=POLL)
                 except queue.Empty:
-                    _enforce_timeouts(running, executor, options.job_timeout)
                     continue
                 record = running.get(slot)
                 if record is None:
@@ -244,14 +253,12 @@ def run_experiment(experiment: Experiment, options: RunOptions, *, argv: list[st
                 between_jobs(None)
         except Interrupted as stop:
             signals.hold()
-            executor.shutdown()
+            executor.shutdown()  # first: no worker may outlive the harness, whatever happens next
             name = signal.Signals(stop.signum).name
             for record in running.values():
                 record.error = f"interrupted by {name} after {len(record.epochs)} of {record.job.train.epochs} epochs"
                 finish(record, "interrupted")
             raise RunInterrupted(stop.signum, rows) from None
-        finally:
-            executor.shutdown()
     return rows
 
 
