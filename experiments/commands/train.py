@@ -109,8 +109,10 @@ def run_notes(folder: Path) -> list[str]:
     notes = []
     reused = [row for row in summary if row.get("reused") == "yes"]
     if reused:
+        names = ", ".join(" ".join(row[k] for k in ("backend", "impl", "mode", "variant")) + f" seed {row['seed']}"
+                          for row in reused)
         notes.append(f"- {len(reused)} of {len(summary)} jobs were reused from an earlier run into this folder "
-                     f"(`reused` = yes in summary.csv): same fingerprint, not rerun.")
+                     f"(`reused` = yes in summary.csv): same fingerprint, not rerun: {names}.")
     shared = [row for row in summary if str(row.get("concurrent_jobs") or "1") not in ("", "1")]
     if shared:
         notes.append(f"- {len(shared)} jobs ran while other jobs ran on the same host (`concurrent_jobs` in "
