@@ -80,6 +80,8 @@ def test_a_two_node_ray_cluster_in_its_own_network_namespace_gives_the_local_num
     summary = read_csv(ray_run / "summary.csv")
     assert {r["executor"] for r in summary} == {"ray"} and all(r["host"] for r in summary)
     assert all(int(r["concurrent_jobs"]) >= 1 and float(r["dispatch_seconds"]) > 0 for r in summary)
+    # Each node offers one CPU and each job asks for one: two jobs at once means both nodes ran tasks.
+    assert max(int(r["concurrent_jobs"]) for r in summary) == 2
     assert {r["executor"] for r in read_csv(ray_run / "epochs.csv")} == {"ray"}
     assert len(read_csv(ray_run / "train_eval.csv")) == len(read_csv(local / "train_eval.csv"))
 
