@@ -26,10 +26,10 @@ import pandas as pd
 
 from backends import registry
 from backends.contract.spec import MODES, ModelSpec, TrainSpec
-from experiments import catalog, data, report
-from experiments.options import UsageError, modes_of, validate_run_options
+from experiments import catalog, data, report, resume
+from experiments.options import UsageError, check_train_limit, modes_of, validate_run_options
 from experiments.results import Run
-from experiments.runner import RunOptions, run_experiment
+from experiments.runner import RunInterrupted, RunOptions, run_experiment
 from experiments.sections import learning_curves_figure
 
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelSpec) if f.name not in ("num_inputs", "num_outputs"))
@@ -143,7 +143,7 @@ def call_text(experiment: str, arguments: dict[str, Any]) -> str:
 def run(experiment: str = "d2l", *, backends: str | Iterable[str] | None = None,
         modes: str | Iterable[str] = "eager", seeds: Iterable[int] | None = None, out: str | Path | None = None,
         data_dir: str | Path | None = None, threads: int | None = None, job_timeout: float = 900.0,
-        progress: bool = True, argv: list[str] | None = None, **overrides: Any) -> Result:
+        progress: bool = True, dry_run: bool = False, argv: list[str] | None = None, **overrides: Any) -> Result | None:
     """Train ``experiment``'s jobs, one worker process each, write the run folder and its report, and return it.
 
     ``backends``: names or ``"all"`` (default: every installed backend); ``modes``: ``"eager"``, ``"compiled"``,
@@ -151,10 +151,14 @@ def run(experiment: str = "d2l", *, backends: str | Iterable[str] | None = None,
     ``out``: the run folder (``results/<experiment>-<timestamp>``); ``threads``: per framework (all cores).
     ``overrides``: the model's and the trainer's fields (``epochs=2, train_limit=3000, lr=0.05,
     dropouts=(0.2, 0.5), impl="scratch"``, ...) and any further field of ``experiments.runner.RunOptions``
-    by name. ``argv``: the command line to record (the CLI's); by default this call."""
-    model, train, extra_options = split_overrides(overrides)
+    by name (``resume=True``, ``force``, ``jobs=2``, ``executor="ray"``, ``ray_address``). ``dry_run``: print the
+    job matrix (and with ``resume`` what would be reused), run nothing and return None. ``argv``: the command line
+    to record (the CLI's); by default this call. A SIGINT or SIGTERM stops the workers, writes the report for what
+    finished and raises ``experiments.runner.RunInterrupted``."""
+    model, train, extra = split_overrides(overrides)
     threads = (os.cpu_count() or 1) if threads is None else threads
-    validate_run_options(SimpleNamespace(threads=threads, job_timeout=job_timeout))
+    checked = {"jobs": 1, "executor": "local", "ray_address": None, "resume": False, "force": False, **extra}
+    validate_run_options(SimpleNamespace(threads=threads, job_timeout=job_timeout, out=out, **checked))
     chosen = registry.select(_names(backends), installed_only=True)
     if not chosen:
         raise registry.BackendError("no backend is available; run make setup (or pip install numpy) first")
@@ -162,15 +166,30 @@ def run(experiment: str = "d2l", *, backends: str | Iterable[str] | None = None,
                             seeds=tuple(seeds) if seeds is not None else None, model_overrides=model,
                             train_overrides=train)
     folder = Path(out) if out is not None else Path("results") / f"{planned.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    options = RunOptions(data_dir=data.locate(data_dir), out_dir=folder, threads=threads, job_timeout=job_timeout,
-                         progress=progress, **extra_options)
+    resume.check_out_folder(folder, resume=checked["resume"])
+    if checked["resume"]:
+        resume.check_run_folder(folder, planned.name)
+    located = data.locate(data_dir)
+    check_train_limit(train.get("train_limit"), data.training_examples(located))
+    options = RunOptions(data_dir=located, out_dir=folder, threads=threads, job_timeout=job_timeout,
+                         progress=progress, **extra)
+    if dry_run:
+        jobs = planned.jobs(lambda name: registry.resolve(name).modes)
+        decisions = resume.plan(jobs, folder, data_dir=located, threads=threads, resume=options.resume,
+                                force=options.force)
+        print("\n".join(resume.dry_run_lines(decisions, resume=options.resume)))
+        return None
     if progress:
-        print(f"{planned.name}: {planned.description}\ndata: {options.data_dir}   results: {folder}   "
-              f"threads: {threads}", file=sys.stderr)
+        print(f"{planned.name}: {planned.description}\ndata: {located}   results: {folder}   threads: {threads}   "
+              f"executor: {options.executor}", file=sys.stderr)
     if argv is None:
         argv = [call_text(experiment, {"backends": _names(backends), "modes": modes, "seeds": seeds,
                                        **overrides})]
-    run_experiment(planned, options, argv=argv)
-    report.write(planned.name, folder)
+    try:
+        run_experiment(planned, options, argv=argv)
+    except RunInterrupted as stop:
+        stop.out = folder  # where to resume
+        raise
+    finally:  # an interrupted run gets its report too, for what finished
+        report.write(planned.name, folder)
     return load(folder)
-

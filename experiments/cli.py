@@ -24,9 +24,9 @@ def as_command(action: Callable[[], int]) -> int:
     except USER_ERRORS as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return USER_ERROR
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # the runner's RunInterrupted carries 128 + the signal's number
         print("error: interrupted; rows of finished epochs are kept in the run folder", file=sys.stderr)
-        return 130
+        return getattr(exc, "status", 130)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@ and the choice lists, derived from the contract's constants and the registry."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from backends.contract.spec import DEVICES, IMPLS, INITS, MODES, NOISE_KINDS
 from backends.registry import REGISTRY
 
 USER_ERROR = 2
+EXECUTORS = ("local", "ray")
 MODE_CHOICES = (*MODES, "all")
 BACKEND_HELP = f"{', '.join(REGISTRY)}, or all (repeatable)"
 
@@ -60,6 +62,21 @@ def add_run_options(parser: argparse.ArgumentParser, *, out_default: str) -> Non
     parser.add_argument("--out", type=Path, help=f"run folder (default {out_default})")
     parser.add_argument("--job-timeout", type=float, default=900.0,
                         help="seconds without progress before a job is killed (default 900)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="local executor: run up to N jobs at once (default 1; their timings then share the "
+                             "machine)")
+    parser.add_argument("--executor", choices=EXECUTORS, default=EXECUTORS[0],
+                        help="local: worker processes on this machine (default); ray: one Ray task per job")
+    parser.add_argument("--ray-address", metavar="ADDR",
+                        help="a running Ray cluster (host:port); without it --executor ray starts a local Ray")
+
+
+def add_resume_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run folder --out: reuse its finished jobs, rerun the rest")
+    parser.add_argument("--force", action="store_true", help="with --resume: rerun every job, reuse none")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the jobs (and with --resume which are reused), then exit without running")
 
 
 def validate_run_options(args: argparse.Namespace) -> None:
@@ -68,6 +85,27 @@ def validate_run_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
     if args.job_timeout <= 0:
         raise UsageError(f"--job-timeout must be positive, got {args.job_timeout}")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.executor == "ray":
+        if args.jobs != 1:
+            raise UsageError("--jobs is for the local executor; on Ray as many jobs run at once as the cluster's "
+                             "CPUs hold (drop --jobs)")
+        if importlib.util.find_spec("ray") is None:
+            raise UsageError("--executor ray needs Ray: pip install ray==2.60.0 (or pip install '.[ray]')")
+    elif args.ray_address:
+        raise UsageError("--ray-address goes with --executor ray")
+    resume = getattr(args, "resume", False)  # the training command's flags (add_resume_options)
+    if getattr(args, "force", False) and not resume:
+        raise UsageError("--force goes with --resume (it reruns every job of the run folder)")
+    if resume and args.out is None:
+        raise UsageError("--resume needs --out naming the run folder to continue")
+
+
+def check_train_limit(train_limit: int | None, training_examples: int) -> None:
+    if train_limit is not None and train_limit > training_examples:
+        raise UsageError(f"--train-limit {train_limit} is larger than the training set ({training_examples:,} "
+                         f"examples); lower it or leave it out")
 
 
 def modes_of(choice: str) -> tuple[str, ...]:

@@ -30,5 +30,24 @@ def write(experiment: str, folder: Path) -> Path | None:
         lines = (report_header(run, entry.description) + entry.analysis(run) + [""] + learning_curves_section(run)
                  + across_setups(run) + runs_section(run))
     report = folder / "report.md"
-    report.write_text("\n".join(lines))
+    report.write_text("\n".join(lines + how_the_jobs_ran(run)) + "\n")
     return report
+
+
+def how_the_jobs_ran(run: Run) -> list[str]:
+    """What the tables cannot show at a glance: jobs reused from an earlier run, jobs that shared a host."""
+    summary = run.summary
+    notes = []
+    if "reused" in summary:
+        reused = summary[summary["reused"].astype(str) == "yes"]
+        if len(reused):
+            names = ", ".join(f"{r.backend} {r.impl} {r.mode} {r.variant} seed {r.seed}" for r in reused.itertuples())
+            notes.append(f"- {len(reused)} of {len(summary)} jobs were reused from an earlier run into this folder "
+                         f"(`reused` = yes in summary.csv): same fingerprint, not rerun: {names}.")
+    if "concurrent_jobs" in summary:
+        shared = summary[summary["concurrent_jobs"].fillna(1).astype(float) > 1]
+        if len(shared):
+            notes.append(f"- {len(shared)} jobs ran while other jobs ran on the same host (`concurrent_jobs` in "
+                         "summary.csv): they shared its CPUs and memory bandwidth, so their timings are not those "
+                         "of a machine to themselves; compare timings only of jobs with concurrent_jobs = 1.")
+    return ["", "## How the jobs ran", "", *notes] if notes else []

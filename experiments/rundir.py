@@ -24,8 +24,20 @@ EPOCH_COLUMNS = KEY_COLUMNS + ["epoch", "train_loss", "train_acc", "val_loss", "
 SUMMARY_COLUMNS = KEY_COLUMNS + ["status", "error", "final_val_acc", "first_epoch_seconds", "median_epoch_seconds",
                                  "samples_per_second", "peak_rss_mb", "framework_version", "final_val_loss",
                                  "final_train_loss", "final_train_acc", "epochs_completed", "import_seconds",
-                                 "data_seconds", "build_seconds", "median_eval_seconds"]
+                                 "data_seconds", "build_seconds", "median_eval_seconds", "reused", "executor",
+                                 "host", "concurrent_jobs", "dispatch_seconds", "fingerprint"]
 TABLE_COLUMNS = {"epochs": EPOCH_COLUMNS, "summary": SUMMARY_COLUMNS}
+IDENTITY_COLUMNS = KEY_COLUMNS + ["device"]  # what tells two jobs of one experiment apart (``Job.key``)
+
+
+def job_identity(job: Job) -> tuple[str, ...]:
+    columns = job_columns(job)
+    values = {**columns["keys"], **columns["params"]}
+    return tuple(str(values[name]) for name in IDENTITY_COLUMNS)
+
+
+def row_identity(row: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(str(row.get(name, "")) for name in IDENTITY_COLUMNS)
 
 
 def job_columns(job: Job) -> dict[str, Any]:
@@ -44,14 +56,24 @@ class RunFolder:
     """Owns ``<out>/``: each table is rewritten whole through a temporary file and ``os.replace`` after every row,
     so a reader (or an interrupt) only ever sees complete files."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, load: bool = False) -> None:
         self.path = Path(path)
         (self.path / "logs").mkdir(parents=True, exist_ok=True)
-        self.tables: dict[str, list[dict[str, Any]]] = {}
+        self.tables: dict[str, list[dict[str, Any]]] = load_tables(self.path) if load else {}
+
+    def keep_only(self, keep) -> None:
+        """Drop, from every table, the rows whose job identity ``keep(identity)`` rejects (a job to be rerun)."""
+        for table, rows in self.tables.items():
+            self.replace_table(table, [row for row in rows if keep(row_identity(row))])
 
     def append(self, table: str, row: dict[str, Any]) -> None:
         self.tables.setdefault(table, []).append(row)
         self._write(table)
+
+    def replace_table(self, table: str, rows: list[dict[str, Any]]) -> None:
+        self.tables[table] = rows
+        if rows or (self.path / f"{table}.csv").exists():
+            self._write(table)
 
     def _columns(self, table: str) -> list[str]:
         columns = list(TABLE_COLUMNS.get(table, []))
@@ -75,6 +97,15 @@ class RunFolder:
 
     def log_path(self, job: Job) -> Path:
         return self.path / "logs" / f"{job.key}.log"
+
+
+def load_tables(folder: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every CSV table of a run folder, as the rows of strings they hold (written back unchanged)."""
+    tables = {}
+    for path in sorted(Path(folder).glob("*.csv")):
+        with open(path, newline="") as handle:
+            tables[path.stem] = list(csv.DictReader(handle))
+    return tables
 
 
 def summary_row(job: Job, epochs: list[dict[str, Any]], start: dict[str, Any] | None, end: dict[str, Any] | None,

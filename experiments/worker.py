@@ -14,6 +14,7 @@ import math
 import os
 import resource
 import sys
+import threading
 import time
 import traceback
 from typing import Any, Callable
@@ -155,6 +156,21 @@ def run_job(job_data: dict[str, Any], emit: Emit) -> None:
           "total_seconds": time.perf_counter() - started})
 
 
+PARENT_POLL = 0.5  # seconds between checks that the process that started this worker is still alive
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Exit as soon as the parent (the harness, or the Ray task that started this worker) is gone, so that a
+    SIGKILLed harness leaves no worker training on. A polling thread rather than PR_SET_PDEATHSIG: that signal follows
+    the parent *thread*, and the local executor starts workers from short-lived threads."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main() -> int:
     channel = wire.claim_stdout(binary=False)
 
@@ -162,7 +178,9 @@ def main() -> int:
         channel.write(json.dumps(event) + "\n")
 
     try:
-        run_job(json.loads(sys.stdin.read()), emit)
+        request = json.loads(sys.stdin.read())
+        exit_with_parent(int(request.get("parent_pid") or os.getppid()))
+        run_job(request, emit)
     except BaseException as exc:  # every failure becomes a recorded row; the traceback goes to the job's log
         traceback.print_exc()
         diverged = isinstance(exc, Diverged)

@@ -106,8 +106,13 @@ def run_size(args, argv: list[str], *, chosen: list[str], modes: tuple[str, ...]
         if noise_off:
             variants += (Variant(NOISE_OFF, model={"dropouts": (0.0,) * len(model.hiddens)}),)
         experiment = dataclasses.replace(experiment, variants=variants)
+        on_ray = args.executor == "ray"
+        if on_ray:
+            print("bench on Ray: each job asks for every CPU of a node (and uses them as its threads), so that no "
+                  "other job shares the node while it is timed", file=sys.stderr)
         options = RunOptions(data_dir=args.data_dir, out_dir=out, threads=args.threads,
-                             job_timeout=args.job_timeout, bench_timing=True)
+                             job_timeout=args.job_timeout, bench_timing=True, executor=args.executor,
+                             ray_address=args.ray_address, all_cpus_of_node=on_ray)
         for summary in run_experiment(experiment, options, argv=argv, on_event=log, between_jobs=between_jobs):
             summaries[(summary["backend"], summary["mode"], summary["variant"])] = summary
         meta = json.loads((out / "meta.json").read_text())

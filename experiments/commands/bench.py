@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -60,6 +59,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.repeats < 1:
         raise UsageError(f"--repeats must be at least 1, got {args.repeats}")
     validate_run_options(args)
+    if args.jobs > 1:
+        raise UsageError(f"the bench runs one job at a time (--jobs {args.jobs} refused): jobs that run together "
+                         f"share the CPUs, so their timings would not be the backend's own")
     batches = list(dict.fromkeys(args.batch_sizes or [BATCH_SIZE]))
     if any(b < 1 for b in batches):
         raise UsageError(f"--batch-sizes must be positive integers, got {' '.join(map(str, args.batch_sizes))}")

@@ -1,0 +1,99 @@
+"""Executors: ``--jobs 2`` gives the numbers of ``--jobs 1``; a Ray cluster of two nodes, started inside a network
+namespace of the test's own, gives the local executor's numbers, with its columns, a failed row for a killed worker,
+SIGTERM cancels its tasks and nothing is left running; the bench refuses concurrent jobs."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+import backends
+from tests.helpers import read_csv
+from tests.test_cli import assert_user_error, harness
+from tests.test_resume import epoch_numbers, final_numbers
+
+SMALL = ["--experiment", "long-training", "--backend", "numpy", "--backend", "torch", "--epochs", "2",
+         "--train-limit", "2000", "--seeds", "0", "1", "--threads", "1"]
+KILL_JOB = "numpy-concise-eager-cpu-none-seed1"
+
+
+def test_two_local_jobs_at_once_give_the_numbers_of_one_at_a_time(tmp_path):
+    args = ["--backend", "numpy", "--seeds", "0", "1", "2", "--epochs", "2", "--train-limit", "2000",
+            "--threads", "1"]
+    assert harness(*args, "--jobs", "1", "--out", str(tmp_path / "one")).returncode == 0
+    result = harness(*args, "--jobs", "2", "--out", str(tmp_path / "two"))
+    assert result.returncode == 0, result.stderr
+    assert epoch_numbers(tmp_path / "two") == epoch_numbers(tmp_path / "one")
+    assert final_numbers(tmp_path / "two") == final_numbers(tmp_path / "one")
+    summary = read_csv(tmp_path / "two" / "summary.csv")
+    assert {r["executor"] for r in summary} == {"local"} and "2" in {r["concurrent_jobs"] for r in summary}
+    assert {r["concurrent_jobs"] for r in read_csv(tmp_path / "one" / "summary.csv")} == {"1"}
+    assert "timings are not those of a machine to themselves" in (tmp_path / "two" / "report.md").read_text()
+
+
+def test_the_bench_refuses_concurrent_jobs():
+    assert_user_error(harness("bench", "--backend", "numpy", "--jobs", "2"), "--jobs 2", "one job at a time")
+
+
+def _processes_in(netns: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if os.readlink(f"/proc/{process.pid}/ns/net") == netns:
+                found.append(process)
+        except OSError:
+            pass
+    return found
+
+
+def test_a_two_node_ray_cluster_in_its_own_network_namespace_gives_the_local_numbers(tmp_path):
+    pytest.importorskip("ray")
+    from tests.conftest import require_backend
+
+    require_backend("torch")
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs unshare and ip (util-linux, iproute2) to make the test's network namespace")
+    script = backends.PROJECT_ROOT / "tests" / "ray_in_namespace.py"
+    command = f"ip link set lo up && exec {sys.executable} {script} {tmp_path} {' '.join(SMALL)}"
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", KILL_JOB=KILL_JOB)
+    outcome = None
+    try:
+        outcome = subprocess.run(["unshare", "-n", "sh", "-c", command], env=env, capture_output=True, text=True,
+                                 timeout=1200)
+    finally:
+        result = json.loads((tmp_path / "result.json").read_text()) if (tmp_path / "result.json").exists() else {}
+        left = _processes_in(result["netns"]) if "netns" in result else []
+        for process in left:  # teardown even when the run failed: nothing of the cluster may outlive the test
+            process.kill()
+    assert outcome is not None and outcome.returncode == 0, outcome and outcome.stderr[-3000:]
+    assert "error" not in result, result
+    assert not left, f"left running in the namespace: {[p.pid for p in left]}"
+    assert result["nodes"] == 2, result["nodes"]
+    for run in ("ray", "local"):
+        assert result[run]["returncode"] == 0, result[run]["stderr_tail"]
+    ray_run, local = tmp_path / "ray", tmp_path / "local"
+    assert epoch_numbers(ray_run) == epoch_numbers(local) and len(epoch_numbers(local)) == 16
+    assert final_numbers(ray_run) == final_numbers(local)
+    summary = read_csv(ray_run / "summary.csv")
+    assert {r["executor"] for r in summary} == {"ray"} and all(r["host"] for r in summary)
+    assert all(int(r["concurrent_jobs"]) >= 1 and float(r["dispatch_seconds"]) > 0 for r in summary)
+    # Each node offers one CPU and each job asks for one: two jobs at once means both nodes ran tasks.
+    assert max(int(r["concurrent_jobs"]) for r in summary) == 2
+    assert {r["executor"] for r in read_csv(ray_run / "epochs.csv")} == {"ray"}
+    assert len(read_csv(ray_run / "train_eval.csv")) == len(read_csv(local / "train_eval.csv"))
+
+    assert result["stopped_mid_run"] and result["stopped"]["returncode"] == 143, result["stopped"]
+    assert result["workers_after_sigterm"] == 0
+    stopped = read_csv(tmp_path / "stopped" / "summary.csv")
+    assert "interrupted" in {r["status"] for r in stopped}, [(r["status"], r["error"]) for r in stopped]
+
+    assert result["killed_worker"], "the worker to kill never appeared"
+    killed = read_csv(tmp_path / "killed" / "summary.csv")
+    failed = [r for r in killed if r["status"] != "ok"]
+    assert len(killed) == 8 and len(failed) == 1, [(r["status"], r["error"]) for r in killed]
+    assert failed[0]["status"] == "failed" and "SIGKILL" in failed[0]["error"], failed[0]["error"]
+    assert f"{failed[0]['backend']}-{failed[0]['impl']}-{failed[0]['mode']}-cpu-{failed[0]['variant']}-seed" \
+           f"{failed[0]['seed']}" == KILL_JOB
