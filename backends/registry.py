@@ -138,6 +138,24 @@ def select(requested: list[str] | None, *, installed_only: bool) -> list[str]:
     return chosen
 
 
+def gpu_visible() -> bool:
+    """Whether this machine shows an NVIDIA GPU to its processes (the driver's device files), without importing a
+    framework: the cheap check before any job is started on ``--device gpu``."""
+    return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia/gpus").is_dir()
+
+
+def check_device(names: list[str], device: str) -> None:
+    """Refuse ``device`` when a chosen backend does not offer it, or when it is the GPU and none is visible."""
+    for name in names:
+        if device not in capabilities(name).devices:
+            raise BackendError(f"backend {name} cannot run on {device} (it offers "
+                               f"{', '.join(capabilities(name).devices)}); drop --device or choose "
+                               f"{', '.join(n for n in REGISTRY if device in capabilities(n).devices)}")
+    if device == "gpu" and not gpu_visible():
+        raise BackendError("--device gpu: no NVIDIA GPU is visible on this machine (no /dev/nvidiactl); run on a "
+                           "machine with one, or leave --device out for the CPU")
+
+
 def load_class(name: str):
     """Import the backend module in this process and return its ``Backend`` class."""
     info = resolve(name)

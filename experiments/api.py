@@ -162,6 +162,7 @@ def run(experiment: str = "d2l", *, backends: str | Iterable[str] | None = None,
     chosen = registry.select(_names(backends), installed_only=True)
     if not chosen:
         raise registry.BackendError("no backend is available; run make setup (or pip install numpy) first")
+    registry.check_device(chosen, train.get("device", "cpu"))
     planned = catalog.build(experiment, backends=chosen, modes=select_modes(chosen, modes),
                             seeds=tuple(seeds) if seeds is not None else None, model_overrides=model,
                             train_overrides=train)

@@ -38,6 +38,7 @@ def assert_user_error(result, *words):
     (["--backend", "numpy", "--experiment", "nosuch"], ["nosuch", "d2l"]),
     (["--backend", "numpy", "--mode", "compiled"], ["compiled", "numpy"]),
     (["--bogus"], ["--bogus"]),
+    (["--backend", "numpy", "--device", "gpu"], ["numpy cannot run on gpu", "torch, jax"]),
     (["--epochs", "ten"], ["--epochs"]),
 ])
 def test_bad_input_is_one_line_and_status_2(args, words):
@@ -105,3 +106,10 @@ def test_d2l_run_with_numpy_reaches_the_sections_accuracy(tmp_path):
     with open(out / "summary.csv") as handle:
         (row,) = list(csv.DictReader(handle))
     assert row["status"] == "ok" and float(row["final_val_acc"]) >= 0.83, row
+
+
+@pytest.mark.skipif(backends.registry.gpu_visible(), reason="this machine has a GPU")
+def test_gpu_training_without_a_gpu_is_one_line_before_any_worker(tmp_path):
+    result = harness("--backend", "torch", "--device", "gpu", "--epochs", "1", "--out", str(tmp_path / "run"))
+    assert_user_error(result, "--device gpu", "no NVIDIA GPU")
+    assert not (tmp_path / "run").exists()

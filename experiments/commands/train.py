@@ -8,7 +8,7 @@ import sys
 from backends import registry
 from experiments import api, catalog
 from experiments.options import (
-    Parser, add_backend_option, add_mode_option, add_resume_options, add_run_options, add_spec_options,
+    Parser, add_backend_option, add_device_option, add_mode_option, add_resume_options, add_run_options, add_spec_options,
 )
 from experiments.runner import RunInterrupted
 from experiments.sections import side_by_side
@@ -22,6 +22,7 @@ def build_parser() -> Parser:
     parser.add_argument("--experiment", default="d2l", help="named experiment (default d2l; --list shows them)")
     add_spec_options(parser)
     add_mode_option(parser, "eager")
+    add_device_option(parser)
     parser.add_argument("--seeds", type=int, nargs="+", metavar="S", help="seeds to run, e.g. --seeds 0 1 2")
     add_run_options(parser, out_default="results/<experiment>-<timestamp>")
     add_resume_options(parser)
@@ -46,7 +47,8 @@ def overrides(args: argparse.Namespace) -> dict:
     """The spec flags the user gave, as ``api.run``'s keyword arguments."""
     given = {"dropouts": args.dropout, "hiddens": args.hiddens, "impl": args.impl, "noise": args.noise,
              "init": args.init, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-             "weight_decay": args.weight_decay, "train_limit": args.train_limit}
+             "weight_decay": args.weight_decay, "train_limit": args.train_limit,
+             "device": args.device if args.device != "cpu" else None}
     return {k: v for k, v in given.items() if v is not None}
 
 
