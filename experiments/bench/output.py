@@ -9,7 +9,8 @@ from experiments.bench.floor import PEAK_SIZE, blas_line, epoch_flops, floor_sec
 from experiments.bench.rows import sort_rows
 
 
-def _fmt(value: Any, spec: str, empty: str = "-") -> str:
+def fmt(value: Any, spec: str, empty: str = "-") -> str:
+    """A number in ``spec``, or ``empty`` for a missing one (None, '', NaN)."""
     if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
         return empty
     return format(value, spec)
@@ -31,7 +32,7 @@ TABLE = [  # header, key, format
 def table_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
     cells = []
     for row in sort_rows(rows):
-        line = [_fmt(row.get(key), spec) for _, key, spec in TABLE]
+        line = [fmt(row.get(key), spec) for _, key, spec in TABLE]
         if row.get("status") != "ok" and row.get("error"):
             line[-1] = f"{row['status']}: {row['error']}"
         cells.append(line)

@@ -7,11 +7,12 @@ at the framework's own rate, the noise, the elementwise work). The fit is least 
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from experiments.bench.output import fmt
 
 SCALING_COLUMNS = ["backend", "mode", "batch_size", "hiddens", "status", "steady_median_seconds", "floor_seconds",
                    "ratio_to_floor", "floor_full_seconds", "ratio_to_full_floor", "samples_per_second", "steps",
@@ -66,10 +67,6 @@ def fit_all(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]
     return fits
 
 
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
-
-
 def fit_lines(rows: list[dict[str, Any]], fits: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     """The fit per backend x mode (t0 in microseconds, k) and its residual at each size, as a markdown table."""
     batches = sorted({r["batch_size"] for r in rows})
@@ -79,7 +76,7 @@ def fit_lines(rows: list[dict[str, Any]], fits: dict[tuple[str, str], dict[str, 
         residual = {r["batch_size"]: r.get("fit_residual") for r in rows if (r["backend"], r["mode"]) == (backend,
                                                                                                           mode)}
         lines.append(f"| {backend} | {mode} | {fit['t0_seconds'] * 1e6:.0f} | {fit['k']:.2f} | "
-                     + " | ".join(_fmt(residual.get(b), "+.1%") for b in batches) + " |")
+                     + " | ".join(fmt(residual.get(b), "+.1%") for b in batches) + " |")
     return lines
 
 
@@ -94,16 +91,16 @@ def scaling_markdown(path: Path, rows: list[dict[str, Any]], fits, machine: str,
              "## Ratio to the necessary floor (steady epoch / floor at the same batch size)", "", *header]
     for backend, mode in keys:
         lines.append(f"| {backend} | {mode} | "
-                     + " | ".join(_fmt(by.get((backend, mode, b), {}).get("ratio_to_floor"), ".2f") for b in batches)
+                     + " | ".join(fmt(by.get((backend, mode, b), {}).get("ratio_to_floor"), ".2f") for b in batches)
                      + " |")
     lines += ["", "## Samples per second", "", *header]
     for backend, mode in keys:
         lines.append(f"| {backend} | {mode} | "
-                     + " | ".join(_fmt(by.get((backend, mode, b), {}).get("samples_per_second"), ",.0f")
+                     + " | ".join(fmt(by.get((backend, mode, b), {}).get("samples_per_second"), ",.0f")
                                   for b in batches) + " |")
     floors = {r["batch_size"]: r for r in rows}
     lines += ["", "Floor per size (s/epoch): " + ", ".join(
-        f"B={b}: {_fmt(floors[b].get('floor_seconds'), '.3f')} ({_fmt(floors[b].get('floor_efficiency'), '.0%')} "
+        f"B={b}: {fmt(floors[b].get('floor_seconds'), '.3f')} ({fmt(floors[b].get('floor_efficiency'), '.0%')} "
         "of peak)" for b in batches), "",
         "## Fixed cost per step and compute factor", "",
         "Least squares over the sizes of step seconds = t0 + k x (the floor's GEMM seconds per step at that size), "
