@@ -28,7 +28,10 @@ class MisscaledDropout(numpy_ref.Backend):
 
 
 class GradientOff(numpy_ref.Backend):
-    """The first kernel's gradient off by 1e-3 of its scale: the size of a real bug (a missed term), not of rounding."""
+    """The first kernel's gradient off by 1e-3 of its scale: the size of a real bug (a missed term), not of rounding.
+    The bug is planted in the plain step's gradient, so the fused training step is off for it."""
+
+    fused = False
 
     def _loss_grads(self, x, y, terms):
         loss, correct, grads = super()._loss_grads(x, y, terms)

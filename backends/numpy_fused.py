@@ -1,0 +1,156 @@
+"""The NumPy backend's training step, fused: the oracle's maths over preallocated buffers, in fewer memory passes.
+
+Same model, same loss, same SGD update, same noise draws as ``numpy_ref.Backend._loss_grads`` plus its update; what
+changes is where the arithmetic happens:
+
+- every array of the step is a buffer kept per batch size, written with ``out=``;
+- the bias is the GEMM's ``beta = 1`` start value, and the SGD update ``W <- (1 - lr*wd) W - lr X^T dZ`` is the
+  kernel-gradient GEMM itself (``numpy_blas.gemm``), so no pass of the main thread reads back what the BLAS threads
+  wrote. Each input gradient is taken before its kernel is updated, as the unfused step does;
+- ReLU and noise are one multiplier per hidden layer, ``dm = [z > 0] * mult``: the forward is ``h = z * dm + offset``
+  and the backward ``dh * dm``. ``z * dm`` equals ``ReLU(z) * mult`` but for the sign of a zero; a ``z`` of -inf,
+  which only a diverged run reaches, gives NaN instead of 0, and such a run fails as diverged either way;
+- native dropout draws its keep mask as PCG64's raw 32-bit words compared with an integer threshold: the same words,
+  in the same order, that ``Generator.random(dtype=float32)`` turns into ``u = (w >> 8) / 2**24`` before
+  ``u > p``, so the masks are bit for bit ``contract.draw_masks``' (``keep_from_words`` says why the threshold is
+  exact), without the float conversion;
+- the logits are computed transposed, (classes, batch), so that the softmax reduces along contiguous rows.
+
+Rounding differs from the unfused step at the last bit (other summation orders); the parity ladder holds this step
+to the float64 oracle, which keeps the plain code.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from backends import numpy_blas
+
+_WORD_BITS = 24  # Generator.random(dtype=float32) keeps the top 24 bits of each 32-bit word
+
+
+def keep_threshold(p: float) -> int | None:
+    """The largest 32-bit word that ``u > p`` drops, or None when every word is dropped (p >= 1).
+
+    ``u = (w >> 8) * 2**-24`` is exact in float32, and NumPy compares it with float32(p). For an integer
+    ``k = w >> 8``, ``k * 2**-24 > f`` holds exactly when ``k > floor(f * 2**24)``, that is when
+    ``w > floor(f * 2**24) * 256 + 255``."""
+    bound = int(np.float32(p) * np.float64(2 ** _WORD_BITS))
+    threshold = (bound << 8) | 0xFF
+    return None if threshold >= 2 ** 32 else threshold
+
+
+def draw_words(rng: np.random.Generator, count: int) -> np.ndarray | None:
+    """``count`` 32-bit words of ``rng``'s stream exactly as ``rng.random(count, dtype=float32)`` consumes them, or
+    None where that cannot be guaranteed (an odd count or a half-used 64-bit output): PCG64 serves 32-bit draws as
+    the low then the high half of each 64-bit output."""
+    bit_generator = rng.bit_generator
+    if count % 2 or not isinstance(bit_generator, np.random.PCG64) or bit_generator.state["has_uint32"]:
+        return None
+    return bit_generator.random_raw(count // 2).view(np.uint32)
+
+
+class Workspace:
+    """Every buffer of one training step at one batch size."""
+
+    def __init__(self, sizes, batch: int, dtype) -> None:
+        hidden = sizes[1:-1]
+        self.z = [np.empty((batch, width), dtype) for width in hidden]
+        self.multiplier = [np.empty((batch, width), dtype) for width in hidden]
+        self.h = [np.empty((batch, width), dtype) for width in hidden]
+        self.dh = [np.empty((batch, width), dtype) for width in hidden]
+        self.keep = [np.empty((batch, width), bool) for width in hidden]
+        self.positive = [np.empty((batch, width), bool) for width in hidden]
+        self.bias_grad = [np.empty(width, dtype) for width in sizes[1:]]
+        self.logits_t = np.empty((sizes[-1], batch), dtype)
+        self.probs_t = np.empty((sizes[-1], batch), dtype)
+        self.ones = np.ones(batch, dtype)
+        self.columns = np.arange(batch)
+
+
+def _draw_keep(rng: np.random.Generator, keep: np.ndarray, p: float) -> None:
+    """``keep = u > p`` for the next uniforms of ``rng``, exactly as ``contract.draw_masks`` draws them."""
+    if p == 0:  # draw_masks consumes nothing for p = 0
+        keep.fill(True)
+        return
+    words = draw_words(rng, keep.size)
+    if words is None:
+        np.greater(rng.random(keep.shape, dtype=np.float32), p, out=keep)
+        return
+    threshold = keep_threshold(p)
+    if threshold is None:
+        keep.fill(False)
+    else:
+        np.greater(words.reshape(keep.shape), threshold, out=keep)
+
+
+def _layer_noise(backend, ws: Workspace, masks, native_dropout: bool) -> list[tuple]:
+    """Per hidden layer (multiplier of ``[z > 0]``, offset added after): the oracle's ``_noise_terms``, or for the
+    backend's own dropout ("keep", 1/(1-p)) with the keep mask drawn into ``ws.keep``."""
+    if native_dropout:
+        noise = []
+        for i, p in enumerate(backend.model.dropouts):
+            _draw_keep(backend.rng, ws.keep[i], p)
+            noise.append(("keep", backend.dtype(0.0 if p >= 1 else 1.0 / (1.0 - p))))
+        return noise
+    return backend._noise_terms(masks if masks is not None else backend._draw(len(ws.ones)))
+
+
+def step(backend, ws: Workspace, x: np.ndarray, y: np.ndarray, masks, *, native_dropout: bool) -> tuple[float, int]:
+    """One SGD step of ``backend`` (a float32 ``numpy_ref.Backend``) on a batch: (mean loss, correct count).
+    ``native_dropout``: draw dropout's keep masks from the backend's stream here (masks is None, noise dropout, and
+    the backend's ``_noise_terms`` is the reference's own)."""
+    params, dtype, layers = backend.params, backend.dtype, backend.num_layers
+    lr = float(backend.train.lr)
+    decay_beta = 1.0 - lr * float(backend.train.weight_decay)
+    noise = _layer_noise(backend, ws, masks, native_dropout)
+    inputs = [x]
+    for i in range(layers - 1):
+        z = ws.z[i]
+        z[...] = params[f"dense_{i}/bias"]
+        numpy_blas.gemm(1.0, inputs[-1], params[f"dense_{i}/kernel"], 1.0, z)
+        positive, multiplier = ws.positive[i], ws.multiplier[i]
+        np.greater(z, 0, out=positive)
+        factor, offset = noise[i]
+        if isinstance(factor, str):  # native dropout: keep & [z > 0], times the scale 1/(1-p)
+            np.logical_and(ws.keep[i], positive, out=positive)
+            np.multiply(positive, offset, out=multiplier)
+            offset = 0.0
+        else:
+            np.multiply(positive, factor, out=multiplier)
+        h = ws.h[i]
+        np.multiply(z, multiplier, out=h)
+        if not (np.isscalar(offset) and offset == 0):
+            h += offset
+        inputs.append(h)
+
+    kernel, bias = params[f"dense_{layers - 1}/kernel"], params[f"dense_{layers - 1}/bias"]
+    logits = ws.logits_t
+    logits[...] = bias[:, None]
+    numpy_blas.gemm(1.0, kernel.T, inputs[-1].T, 1.0, logits)
+    columns = ws.columns[:len(y)]
+    correct = int(np.count_nonzero(logits.argmax(axis=0) == y))
+    logits -= logits.max(axis=0)
+    probs = ws.probs_t
+    np.exp(logits, out=probs)
+    total = probs.sum(axis=0)
+    loss = float(np.log(total).sum() - logits[y, columns].sum()) / len(y)
+    probs /= total
+    probs[y, columns] -= 1.0
+    probs *= dtype(1.0 / len(y))
+    grad = probs.T  # dLoss/dlogits, (batch, classes)
+
+    for i in reversed(range(layers)):
+        kernel, bias = params[f"dense_{i}/kernel"], params[f"dense_{i}/bias"]
+        bias_grad = ws.bias_grad[i]
+        np.matmul(ws.ones, grad, out=bias_grad)
+        bias_grad *= dtype(lr)
+        bias -= bias_grad
+        upstream = None
+        if i > 0:
+            upstream = ws.dh[i - 1]
+            numpy_blas.gemm(1.0, grad, kernel.T, 0.0, upstream)  # with the kernel before this step's update
+            upstream *= ws.multiplier[i - 1]
+        numpy_blas.gemm(-lr, inputs[i].T, grad, decay_beta, kernel)
+        grad = upstream
+    return loss, correct
+

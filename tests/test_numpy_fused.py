@@ -1,0 +1,107 @@
+"""The NumPy backend's fused training step against its plain one, and the two exact tricks it rests on."""
+import numpy as np
+import pytest
+
+from backends import contract, numpy_blas, numpy_fused
+from backends.contract.spec import ModelSpec, TrainSpec
+from backends.numpy_ref import Backend
+
+# (batch, hiddens, rates): D2L's shapes, odd word counts (the contract's own draw takes over), p = 0 and p = 1
+SHAPES = [(256, (256, 256), (0.5, 0.5)), (6, (9, 7), (0.3, 0.6)), (5, (3, 7), (0.2, 0.7)), (5, (3, 7), (0.0, 1.0))]
+
+
+def _pair(model, weight_decay):
+    fused, plain = (Backend(model=model, train=TrainSpec(weight_decay=weight_decay)) for _ in range(2))
+    fused.build(seed=0)
+    plain.build(seed=0)
+    plain.fused = False
+    return fused, plain
+
+
+@pytest.mark.parametrize("noise", ["dropout", "gaussian", "additive"])
+@pytest.mark.parametrize("injected", [False, True])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+@pytest.mark.parametrize("batch,hiddens,rates", SHAPES)
+def test_fused_step_is_the_plain_step(noise, injected, weight_decay, batch, hiddens, rates):
+    if noise != "dropout" and max(rates) >= 1:
+        rates = (rates[0], 0.9)  # Gaussian kinds take p < 1
+    model = ModelSpec(num_inputs=12, hiddens=hiddens, num_outputs=5, dropouts=rates, noise=noise)
+    rng = np.random.default_rng(1)
+    x, y = rng.random((batch, 12), dtype=np.float32), rng.integers(0, 5, batch)
+    fused, plain = _pair(model, weight_decay)
+    for _ in range(3):  # the native stream must stay aligned step after step
+        masks = contract.draw_masks(model, batch, rng) if injected else None
+        fused_loss, fused_correct = fused._step(x, y, masks)
+        plain_loss, plain_correct = plain._step(x, y, masks)
+        assert fused_correct == plain_correct
+        assert fused_loss == pytest.approx(plain_loss, rel=1e-6)
+    ulp = np.finfo(np.float32).eps
+    for name, value in plain.params.items():  # 3 steps of other summation orders: a few ulps of the kernel's scale
+        np.testing.assert_allclose(fused.params[name], value, rtol=0, atol=4 * ulp * np.abs(value).max(), err_msg=name)
+    assert _stream_position(fused.rng) == _stream_position(plain.rng)
+
+
+def _stream_position(rng):
+    """PCG64's state and whether half an output is buffered; the stale buffer word is kept only when it is used."""
+    state = rng.bit_generator.state
+    return state["state"], state["has_uint32"], state["uinteger"] if state["has_uint32"] else None
+
+
+def test_fused_step_keeps_what_the_unfused_dropout_zeroes():
+    """Native masks are the contract's bit for bit: the hidden units a step updates are the same in both."""
+    model = ModelSpec(num_inputs=20, hiddens=(64,), num_outputs=3, dropouts=(0.5,))
+    rng = np.random.default_rng(2)
+    x, y = rng.random((32, 20), dtype=np.float32), rng.integers(0, 3, 32)
+    fused, plain = _pair(model, 0.0)
+    before = plain.get_params()["dense_1/kernel"]
+    fused._step(x, y, None)
+    plain._step(x, y, None)
+    changed = [np.abs(b.params["dense_1/kernel"] - before).sum(axis=1) > 0 for b in (fused, plain)]
+    np.testing.assert_array_equal(changed[0], changed[1])
+    assert 0 < changed[0].sum() < 64
+
+
+@pytest.mark.parametrize("p", [0.5, 0.1, 0.3, 0.7, 1e-9, 0.99999994, 2.0 ** -24, 1 - 2.0 ** -24, 1 / 3])
+def test_keep_threshold_is_exactly_float32_uniform_above_p(p):
+    threshold = numpy_fused.keep_threshold(p)
+    centre = threshold if threshold is not None else 2 ** 32 - 1
+    words = np.arange(max(centre - 4096, 0), min(centre + 4096, 2 ** 32), dtype=np.uint64).astype(np.uint32)
+    uniforms = (words >> 8).astype(np.float32) * np.float32(2.0 ** -24)
+    expected = uniforms > p
+    got = words > threshold if threshold is not None else np.zeros_like(expected)
+    np.testing.assert_array_equal(got, expected)
+    if p < 0.999:  # the window straddles the threshold: both decisions are tested
+        assert expected.any() and not expected.all()
+    assert numpy_fused.keep_threshold(1.0) is None
+
+
+def test_words_are_the_stream_generator_random_float32_reads():
+    a, b = np.random.default_rng(7), np.random.default_rng(7)
+    for count in (8, 65536, 2):
+        words = numpy_fused.draw_words(a, count)
+        np.testing.assert_array_equal((words >> 8) * np.float32(2.0 ** -24), b.random(count, dtype=np.float32))
+    b.random(3, dtype=np.float32)  # an odd draw leaves half a 64-bit output in the generator
+    assert numpy_fused.draw_words(b, 4) is None
+    assert numpy_fused.draw_words(a, 3) is None
+
+
+def test_gemm_through_numpys_blas_and_its_fallback():
+    assert numpy_blas.library(np.float32) is not None, "NumPy's own CBLAS sgemm was not found: the fused step falls back"
+    rng = np.random.default_rng(3)
+    for m, k, n in [(7, 5, 3), (64, 33, 17), (1, 4, 1)]:
+        for trans_a in (False, True):
+            for trans_b in (False, True):
+                a = rng.standard_normal((k, m) if trans_a else (m, k), dtype=np.float32)
+                b = rng.standard_normal((n, k) if trans_b else (k, n), dtype=np.float32)
+                a, b = (a.T if trans_a else a), (b.T if trans_b else b)
+                start = rng.standard_normal((m, n), dtype=np.float32)
+                expected = 0.9 * start.astype(np.float64) - 0.1 * (a.astype(np.float64) @ b)
+                for use_blas in (True, False):
+                    c = start.copy()
+                    numpy_blas.gemm(-0.1, a, b, 0.9, c, use_blas=use_blas)
+                    np.testing.assert_allclose(c, expected, rtol=1e-5, atol=1e-5)
+                c = start.copy()
+                numpy_blas.gemm(1.0, a, b, 0.0, c)
+                np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="disagree"):
+        numpy_blas.gemm(1.0, np.ones((2, 3), np.float32), np.ones((2, 3), np.float32), 0.0, np.ones((2, 3), np.float32))
