@@ -449,6 +449,24 @@ class Backend(contract.Backend):
                                                   ("cublas", "cuBLAS")) if marker in text), "Eigen")
         return f"XLA {library}", lambda: product(a, b).block_until_ready()
 
+    def noise_probe(self, *, batch_size: int):
+        """Flax's nn.Dropout on every hidden layer's (batch, width) array, jitted alone (threefry bits, a compare,
+        a select). Inside the training step XLA fuses the same work into the step's other kernels, where it can
+        cost less than alone."""
+        rates = [p for p in self.model.dropouts if 0 < p < 1]
+        ones = [self._put(np.ones((batch_size, w)), np.float32) for w, p in zip(self.model.hiddens,
+                                                                               self.model.dropouts) if 0 < p < 1]
+
+        @jax.jit
+        def dropouts(key, arrays):
+            keys = jax.random.split(key, len(arrays))
+            return [nn.Dropout(p, deterministic=False).apply({}, x, rngs={"dropout": k})
+                    for p, x, k in zip(rates, arrays, keys)]
+        counter = iter(range(1 << 62))
+        base = jax.random.PRNGKey(0)
+        return ("nn.Dropout (threefry), jitted alone",
+                lambda: jax.block_until_ready(dropouts(jax.random.fold_in(base, next(counter)), ones)))
+
     def set_matmul_precision(self, *, allow_tf32: bool) -> None:
         # Process-wide and read when a function is traced (part of jit's cache key): set before the first call.
         jax.config.update("jax_default_matmul_precision", "tensorfloat32" if allow_tf32 else "highest")

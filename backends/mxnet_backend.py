@@ -597,5 +597,23 @@ class Backend(contract.Backend):
             out.wait_to_read()
         return library, product
 
+    def noise_probe(self, *, batch_size: int):
+        """Gluon's Dropout (MXNet's global generator, which the backend reseeds before each of its own draws) on
+        every hidden layer's (batch, width) array in training mode, hybridized in compiled mode."""
+        blocks = []
+        for w, p in zip(self.model.hiddens, self.model.dropouts):
+            if 0 < p < 1:
+                block = nn.Dropout(p)
+                if self.train.mode == "compiled":
+                    block.hybridize(static_alloc=True, static_shape=True)
+                blocks.append((block, np.ones((batch_size, w))))
+
+        def draw():
+            with autograd.train_mode():
+                outputs = [block(x) for block, x in blocks]
+            for out in outputs:
+                out.wait_to_read()
+        return "Gluon Dropout (MXNet's CPU sampler)", draw
+
     def synchronize(self) -> None:
         mx.nd.waitall()

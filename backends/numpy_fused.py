@@ -67,7 +67,7 @@ class Workspace:
         self.columns = np.arange(batch)
 
 
-def _draw_keep(rng: np.random.Generator, keep: np.ndarray, p: float) -> None:
+def draw_keep(rng: np.random.Generator, keep: np.ndarray, p: float) -> None:
     """``keep = u > p`` for the next uniforms of ``rng``, exactly as ``contract.draw_masks`` draws them."""
     if p == 0:  # draw_masks consumes nothing for p = 0
         keep.fill(True)
@@ -89,7 +89,7 @@ def _layer_noise(backend, ws: Workspace, masks, native_dropout: bool) -> list[tu
     if native_dropout:
         noise = []
         for i, p in enumerate(backend.model.dropouts):
-            _draw_keep(backend.rng, ws.keep[i], p)
+            draw_keep(backend.rng, ws.keep[i], p)
             noise.append(("keep", backend.dtype(0.0 if p >= 1 else 1.0 / (1.0 - p))))
         return noise
     return backend._noise_terms(masks if masks is not None else backend._draw(len(ws.ones)))

@@ -190,6 +190,19 @@ class Backend(contract.Backend):
             library = "NumPy's BLAS (threadpoolctl not installed to name it)"
         return library or "NumPy's BLAS", lambda: np.matmul(a, b, out=c)
 
+    def noise_probe(self, *, batch_size: int):
+        """The fused step's native dropout: PCG64 words against the integer threshold, the multiplier, the product."""
+        rng = np.random.default_rng(0)
+        arrays = [(np.ones((batch_size, w), self.dtype), np.empty((batch_size, w), bool),
+                   np.empty((batch_size, w), self.dtype), p) for w, p in zip(self.model.hiddens, self.model.dropouts)]
+
+        def draw():
+            for x, keep, multiplier, p in arrays:
+                numpy_fused.draw_keep(rng, keep, p)
+                np.multiply(keep, self.dtype(_noise_scale(p)), out=multiplier)
+                np.multiply(x, multiplier, out=multiplier)
+        return "PCG64 raw words vs an integer threshold (NumPy)", draw
+
     def activations(self, *, x, train, masks=None) -> dict[str, np.ndarray]:
         terms = self._terms_for(len(x), masks) if train else None
         _, tape = self._forward(x, terms)

@@ -214,6 +214,21 @@ class Backend(contract.Backend):
             library = "oneDNN (TF MatMul)" if onednn else "Eigen (TF MatMul)"
         return library, lambda: product(a, b).numpy()
 
+    def noise_probe(self, *, batch_size: int):
+        """Keras' Dropout (stateless Philox from its SeedGenerator) on every hidden layer's (batch, width) array, as
+        this mode runs it: under XLA in compiled mode (more than one thread), else TF's own kernels. Fresh layers:
+        the backend's seed counters do not move."""
+        pairs = [(layers.Dropout(p, seed=i + 1), tf.ones((batch_size, w)))
+                 for i, (w, p) in enumerate(zip(self.model.hiddens, self.model.dropouts)) if 0 < p < 1]
+
+        def dropouts():
+            return [layer(x, training=True) for layer, x in pairs]
+        xla = self.compiled and _use_xla()
+        run = tf.function(dropouts, jit_compile=True) if xla else (tf.function(dropouts) if self.compiled
+                                                                       else dropouts)
+        return (f"Keras Dropout (stateless Philox){' under XLA' if xla else ''}",
+                lambda: [t.numpy() for t in run()])
+
     @staticmethod
     def _tracing() -> bool:
         return not tf.executing_eagerly()

@@ -442,17 +442,17 @@ class Backend(contract.Backend):
         order = torch.from_numpy(np.asarray(batches.order, dtype=np.int64)).to(self.device)
         n, size = len(order), batches.batch_size
         steps = len(batches)
-        losses = torch.zeros(steps, dtype=torch.float32, device=self.device)
-        correct = torch.zeros(steps, dtype=torch.int64, device=self.device)
+        losses, hits = [], []  # stacked once at the end: a copy into a preallocated tensor costs ~10 us a step
         native = (NATIVE,) * len(self.model.hiddens) if self._uses_native() else None
         self.net.train(True)
         with self._native_rng(native):
-            for k, start in enumerate(range(0, n, size)):
+            for start in range(0, n, size):
                 idx = order[start:start + size]
                 noise = native if native is not None else self._draw(len(idx))
-                loss, hits = self._step(xt.index_select(0, idx), yt.index_select(0, idx), noise)
-                losses[k] = loss
-                correct[k] = hits
+                loss, correct_count = self._step(xt.index_select(0, idx), yt.index_select(0, idx), noise)
+                losses.append(loss)
+                hits.append(correct_count)
+        losses, correct = torch.stack(losses), torch.stack(hits)
         counts = torch.full((steps,), float(size), dtype=torch.float64, device=self.device)
         counts[-1] = n - size * (steps - 1)
         loss_sum = float((losses.double() * counts).sum())  # the one host read: waits for the epoch's work
@@ -485,6 +485,27 @@ class Backend(contract.Backend):
         blas = next((part.split("=", 1)[1] for part in config.replace(",", "\n").split() if
                      part.startswith("BLAS_INFO=")), "unknown")
         return f"{'MKL' if blas == 'mkl' else blas} (aten::mm; BLAS_INFO={blas})", lambda: torch.mm(a, b, out=c)
+
+    def noise_probe(self, *, batch_size: int):
+        """nn.Dropout as this mode's step makes it: eager ``bernoulli_``; compiled on the CPU the lowering of
+        ``_cpu_inductor`` (eager ``torch.rand`` and a compare; the product is fused into the step's kernels and is
+        done eagerly here); on CUDA inductor's own Philox, measured here as eager ``bernoulli_``."""
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(0)
+        shapes = [((batch_size, w), p) for w, p in zip(self.model.hiddens, self.model.dropouts) if 0 < p < 1]
+        ones = [torch.ones(shape, device=self.device) for shape, _ in shapes]
+        lowered = self._compiled is not None and self.device.type == "cpu"
+
+        def draw():
+            for x, (shape, p) in zip(ones, shapes):
+                if lowered:
+                    keep = torch.rand(shape, generator=generator, device=self.device) < 1.0 - p
+                else:
+                    keep = torch.empty(shape, device=self.device).bernoulli_(1.0 - p, generator=generator)
+                x * keep * (1.0 / (1.0 - p))
+            self.synchronize()
+        how = "torch.rand < 1-p (mt19937)" if lowered else f"bernoulli_ ({self.device.type} generator)"
+        return how, draw
 
     def set_matmul_precision(self, *, allow_tf32: bool) -> None:
         # Process-wide switches: CUDA matmuls and cuDNN in TF32 or full float32 (the CPU ignores them).

@@ -86,6 +86,23 @@ def gemm_rate(backend, m: int, k: int, n: int, calls: int = 30) -> dict[str, Any
     return {"library": library, "shape": [m, k, n], "seconds": median, "gflops": 2.0 * m * k * n / median / 1e9}
 
 
+def noise_rate(backend, batch: int, calls: int = 30) -> dict[str, Any] | None:
+    """What draws a backend's dropout and the time one step's draws take alone (``noise_probe``), the median of
+    ``calls`` timed calls after 3 warm-up calls (bench runs); None where the backend does not say."""
+    probe = backend.noise_probe(batch_size=batch) if hasattr(backend, "noise_probe") else None
+    if probe is None:
+        return None
+    library, draw = probe
+    for _ in range(3):
+        draw()
+    seconds = []
+    for _ in range(calls):
+        clock = time.perf_counter()
+        draw()
+        seconds.append(time.perf_counter() - clock)
+    return {"library": library, "seconds": sorted(seconds)[len(seconds) // 2]}
+
+
 def run_job(job_data: dict[str, Any], emit: Emit) -> None:
     started = time.perf_counter()
     job = Job.from_dict(job_data["job"])
@@ -112,6 +129,8 @@ def run_job(job_data: dict[str, Any], emit: Emit) -> None:
              "data_seconds": data_seconds, "build_seconds": build_seconds}
     if job_data.get("bench_timing") and hasattr(backend, "gemm_probe"):
         start["gemm"] = gemm_rate(backend, job.train.batch_size, *job.model.layer_sizes[:2])
+        if job.model.noise == "dropout" and any(0 < p < 1 for p in job.model.dropouts):
+            start["noise"] = noise_rate(backend, job.train.batch_size)
     emit(start)
 
     for probe in active_probes:

@@ -22,7 +22,8 @@ DOCUMENTED = ["backend", "mode", "device", "status", "error", "framework_version
               "build_seconds", "first_epoch_seconds", "steady_median_seconds", "steady_iqr_seconds",
               "samples_per_second", "eval_seconds", "peak_rss_mb", "harness_seconds", "harness_fraction",
               "floor_seconds", "ratio_to_floor", "floor_full_seconds", "ratio_to_full_floor", "peak_gflops",
-              "floor_efficiency", "noise_off_seconds", "noise_seconds", "gemm_library", "gemm_gflops"]
+              "floor_efficiency", "noise_off_seconds", "noise_seconds", "noise_draw_library", "noise_draw_seconds",
+              "gemm_library", "gemm_gflops"]
 
 
 def test_flop_formula_equals_the_hand_count_for_the_d2l_mlp():
@@ -105,7 +106,7 @@ def test_the_breakdown_adds_up_to_the_epoch():
     alone = bench_breakdown.decompose(row, 10_000, None)
     assert not alone["fixed_measured"] and alone["fixed_seconds"] == 0 and alone["rest_seconds"] == pytest.approx(0.9)
     text = "\n".join(bench_breakdown.breakdown_lines([alone], 100, 120.0))
-    assert "not measured" in text and "BLAS" in text
+    assert "not measured" in text and "BLAS" in text and "dropout alone" in text
     assert bench_breakdown.decompose(dict(row, steady_median_seconds=None), 10_000, None) is None
 
 
@@ -158,12 +159,13 @@ def test_numpy_bench_numbers_are_sane(numpy_bench):
     out, _ = numpy_bench
     (row,) = read_csv(out / "bench.csv")
     number = {k: float(row[k]) for k in DOCUMENTED if k not in ("backend", "mode", "device", "status", "error",
-                                                                "framework_version", "gemm_library")}
+                                                                "framework_version", "gemm_library",
+                                                                "noise_draw_library")}
     assert number["threads"] == 1 and int(row["steady_epochs"]) == 2 and int(row["n_train"]) == 3000
     for key in ("import_seconds", "build_seconds", "first_epoch_seconds", "steady_median_seconds", "eval_seconds",
                 "samples_per_second", "peak_rss_mb", "floor_seconds", "ratio_to_floor", "harness_seconds",
                 "floor_full_seconds", "ratio_to_full_floor", "peak_gflops", "floor_efficiency", "noise_off_seconds",
-                "gemm_gflops"):
+                "gemm_gflops", "noise_draw_seconds"):
         assert number[key] > 0 and math.isfinite(number[key]), key
     assert number["steady_iqr_seconds"] >= 0
     assert float(row["steady_q1_seconds"]) <= number["steady_median_seconds"] <= float(row["steady_q3_seconds"])
@@ -302,6 +304,7 @@ def test_every_backend_reports_its_gemm_library_and_rate(tmp_path):
     for name, row in rows.items():  # what the framework says it runs, and a rate through it, from the worker
         assert row["status"] == "ok" and row["gemm_library"], (name, row["error"])
         assert float(row["gemm_gflops"]) > 0, name
+        assert row["noise_draw_library"] and float(row["noise_draw_seconds"]) > 0, name  # its dropout, alone
     meta = json.loads((out / "meta.json").read_text())
     assert all(meta["gemm_libraries"][f"{n} eager"]["shape"] == [256, 784, 256] for n in names)
     assert not (out / "summary.csv").read_text().count("noise-off")  # --no-noise-off: no twins

@@ -6,8 +6,10 @@ from backends import contract, numpy_blas, numpy_fused
 from backends.contract.spec import ModelSpec, TrainSpec
 from backends.numpy_ref import Backend
 
-# (batch, hiddens, rates): D2L's shapes, odd word counts (the contract's own draw takes over), p = 0 and p = 1
-SHAPES = [(256, (256, 256), (0.5, 0.5)), (6, (9, 7), (0.3, 0.6)), (5, (3, 7), (0.2, 0.7)), (5, (3, 7), (0.0, 1.0))]
+# (batch, hiddens, rates): D2L's shapes, odd word counts (the contract's own draw takes over), p = 0 and p = 1, and
+# layers wider than one row block of the elementwise chain
+SHAPES = [(256, (256, 256), (0.5, 0.5)), (6, (9, 7), (0.3, 0.6)), (5, (3, 7), (0.2, 0.7)), (5, (3, 7), (0.0, 1.0)),
+          (600, (256, 7), (0.5, 0.3)), (301, (255, 9), (0.4, 0.5))]  # several row blocks; odd blocks
 
 
 def _pair(model, weight_decay):
@@ -86,7 +88,7 @@ def test_words_are_the_stream_generator_random_float32_reads():
 
 
 def test_gemm_through_numpys_blas_and_its_fallback():
-    assert numpy_blas.library(np.float32) is not None, "NumPy's own CBLAS sgemm was not found: the fused step falls back"
+    assert numpy_blas.library(np.float32) is not None, "NumPy's CBLAS sgemm was not found: the fused step falls back"
     rng = np.random.default_rng(3)
     for m, k, n in [(7, 5, 3), (64, 33, 17), (1, 4, 1)]:
         for trans_a in (False, True):

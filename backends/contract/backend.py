@@ -157,6 +157,14 @@ class Backend(abc.ABC):
     def synchronize(self) -> None:
         """Wait until queued device work is done; every timer is preceded by this. Host-only backends do nothing."""
 
+    def noise_probe(self, *, batch_size: int):
+        """(what draws it, a callable): one training step's dropout noise made alone, the way this backend's
+        ``concise`` training step makes it (every hidden layer's mask drawn and applied to a (batch, width) array,
+        in this mode), on a generator of its own so that the backend's stream does not move; the callable returns
+        once the work is done. For the bench's start event, which sets it beside the noise's measured cost. None
+        where the backend does not say."""
+        return None
+
 
 def check_params(model: ModelSpec, params: Mapping[str, np.ndarray]) -> None:
     """Raise ValueError unless ``params`` has exactly the canonical names and shapes."""

@@ -18,7 +18,7 @@ from typing import Any
 
 BREAKDOWN_COLUMNS = ["backend", "mode", "batch_size", "epoch_seconds", "floor_seconds", "noise_seconds",
                      "fixed_seconds", "rest_seconds", "fixed_measured", "noise_measured", "noise_off_seconds", "t0_us", "k",
-                     "gemm_library", "gemm_gflops", "blas_gemm_gflops"]
+                     "noise_draw_library", "noise_draw_seconds", "gemm_library", "gemm_gflops", "blas_gemm_gflops"]
 PARTS = (("floor_seconds", "floor (necessary GEMMs)", "#4c72b0"), ("noise_seconds", "noise", "#dd8452"),
          ("fixed_seconds", "fixed per step (t0 x steps)", "#55a868"), ("rest_seconds", "the rest", "#8c8c8c"))
 
@@ -38,6 +38,7 @@ def decompose(row: dict[str, Any], n_train: int, fit: dict[str, Any] | None,
             "rest_seconds": epoch - floor - noise - fixed, "fixed_measured": fit is not None,
             "noise_measured": row.get("noise_seconds") is not None, "noise_off_seconds": row.get("noise_off_seconds"),
             "t0_us": fit["t0_seconds"] * 1e6 if fit else None, "k": fit["k"] if fit else None,
+            "noise_draw_library": row.get("noise_draw_library"), "noise_draw_seconds": row.get("noise_draw_seconds"),
             "gemm_library": row.get("gemm_library"), "gemm_gflops": row.get("gemm_gflops"),
             "blas_gemm_gflops": blas_gflops}
 
@@ -70,16 +71,21 @@ def breakdown_lines(parts: list[dict[str, Any]], batch: int, peak: float | None)
              "GEMM: the library the framework reports for its float32 matmul, and the rate the first layer's "
              f"forward product ({batch} x 784 @ 784 x H) reached through the framework in the worker, beside "
              "NumPy's BLAS on the same product in the floor's process (measured at other moments: on a busy "
-             f"machine compare them with care){f'; peak sgemm here: {peak:.0f} GFLOP/s' if peak else ''}.", "",
-             "| backend | mode | epoch s | floor | noise | fixed | rest | GEMM library | GEMM GFLOP/s | BLAS GFLOP/s |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
+             f"machine compare them with care){f'; peak sgemm here: {peak:.0f} GFLOP/s' if peak else ''}. "
+             "Dropout alone: the framework's dropout of one step (every hidden layer's mask drawn and applied), "
+             "timed alone in the worker on a generator of its own, times the epoch's steps: what its noise kernel "
+             "costs, beside what the noise costs inside the epoch.", "",
+             "| backend | mode | epoch s | floor | noise | fixed | rest | dropout alone | dropout kernel | "
+             "GEMM library | GEMM GFLOP/s | BLAS GFLOP/s |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: |"]
     for p in parts:
         def share(key: str, measured: bool = True) -> str:
             return _cell(p[key], ".3f", measured) + (f" ({p[key] / p['epoch_seconds']:.0%})" if measured else "")
         lines.append(f"| {p['backend']} | {p['mode']} | {p['epoch_seconds']:.3f} | {share('floor_seconds')} | "
                      f"{share('noise_seconds', p['noise_measured'])} | {share('fixed_seconds', p['fixed_measured'])} | "
-                     f"{share('rest_seconds')} | {p['gemm_library'] or '-'} | {_cell(p['gemm_gflops'], '.0f')} | "
-                     f"{_cell(p['blas_gemm_gflops'], '.0f')} |")
+                     f"{share('rest_seconds')} | {_cell(p['noise_draw_seconds'], '.3f')} | "
+                     f"{p['noise_draw_library'] or '-'} | {p['gemm_library'] or '-'} | "
+                     f"{_cell(p['gemm_gflops'], '.0f')} | {_cell(p['blas_gemm_gflops'], '.0f')} |")
     return lines + [""]
 
 

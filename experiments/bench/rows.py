@@ -11,7 +11,8 @@ COLUMNS = ["backend", "mode", "device", "status", "error", "framework_version", 
            "steady_q1_seconds", "steady_q3_seconds", "steady_epochs", "samples_per_second", "eval_seconds",
            "peak_rss_mb", "harness_seconds", "harness_fraction", "order_seconds", "gather_seconds",
            "floor_seconds", "ratio_to_floor", "floor_full_seconds", "ratio_to_full_floor", "peak_gflops",
-           "floor_efficiency", "noise_off_seconds", "noise_seconds", "gemm_library", "gemm_gflops", "final_val_acc",
+           "floor_efficiency", "noise_off_seconds", "noise_seconds", "noise_draw_library", "noise_draw_seconds",
+           "gemm_library", "gemm_gflops", "final_val_acc",
            "n_train", "batch_size", "hiddens"]
 
 
@@ -58,8 +59,12 @@ def bench_row(*, backend: str, mode: str, device: str, threads: int, summary: di
         row[key] = summary.get(key)
     row["status"] = row["status"] or "failed"
     row["error"] = row["error"] or ""
+    noise_draw = (start or {}).get("noise") or {}
+    row["noise_draw_library"] = noise_draw.get("library")
     if epochs:
         row["first_epoch_seconds"] = epochs[0]["epoch_seconds"]
+        if noise_draw.get("seconds") is not None:  # one step's draws alone, times the floor's steps
+            row["noise_draw_seconds"] = noise_draw["seconds"] * epochs[0]["n_train"] / batch
         row["n_train"] = epochs[0]["n_train"]
         row["final_val_acc"] = epochs[-1]["val_acc"]
         row["eval_seconds"] = statistics.median(e["eval_seconds"] for e in epochs)
