@@ -71,36 +71,34 @@ def check_finite(epoch: int, **values: float) -> None:
             raise Diverged(f"diverged: {name.replace('_', ' ')} is {value} in epoch {epoch}")
 
 
-def gemm_rate(backend, m: int, k: int, n: int, calls: int = 30) -> dict[str, Any]:
-    """The library a backend's float32 matmul runs and the rate it reaches on the first layer's forward product
-    (m x k @ k x n) through the framework: the median of ``calls`` timed calls after 3 warm-up calls (bench runs)."""
-    library, product = backend.gemm_probe(m=m, k=k, n=n)
-    for _ in range(3):
-        product()
+def median_call_seconds(call, calls: int = 30, warmup: int = 3) -> float:
+    """The median wall time of ``calls`` timed calls of ``call`` (which waits for its own work), after ``warmup``."""
+    for _ in range(warmup):
+        call()
     seconds = []
     for _ in range(calls):
         clock = time.perf_counter()
-        product()
+        call()
         seconds.append(time.perf_counter() - clock)
-    median = sorted(seconds)[len(seconds) // 2]
+    return sorted(seconds)[len(seconds) // 2]
+
+
+def gemm_rate(backend, m: int, k: int, n: int) -> dict[str, Any]:
+    """The library a backend's float32 matmul runs and the rate it reaches on the first layer's forward product
+    (m x k @ k x n) through the framework (bench runs)."""
+    library, product = backend.gemm_probe(m=m, k=k, n=n)
+    median = median_call_seconds(product)
     return {"library": library, "shape": [m, k, n], "seconds": median, "gflops": 2.0 * m * k * n / median / 1e9}
 
 
-def noise_rate(backend, batch: int, calls: int = 30) -> dict[str, Any] | None:
-    """What draws a backend's dropout and the time one step's draws take alone (``noise_probe``), the median of
-    ``calls`` timed calls after 3 warm-up calls (bench runs); None where the backend does not say."""
+def noise_rate(backend, batch: int) -> dict[str, Any] | None:
+    """What draws a backend's dropout and the time one step's draws take alone (``noise_probe``; bench runs);
+    None where the backend does not say."""
     probe = backend.noise_probe(batch_size=batch) if hasattr(backend, "noise_probe") else None
     if probe is None:
         return None
     library, draw = probe
-    for _ in range(3):
-        draw()
-    seconds = []
-    for _ in range(calls):
-        clock = time.perf_counter()
-        draw()
-        seconds.append(time.perf_counter() - clock)
-    return {"library": library, "seconds": sorted(seconds)[len(seconds) // 2]}
+    return {"library": library, "seconds": median_call_seconds(draw)}
 
 
 def run_job(job_data: dict[str, Any], emit: Emit) -> None:
