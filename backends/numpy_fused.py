@@ -8,11 +8,11 @@ changes is where the arithmetic happens:
   kernel-gradient GEMM itself (``numpy_blas.gemm``), so no pass of the main thread reads back what the BLAS threads
   wrote. Each input gradient is taken before its kernel is updated, as the unfused step does;
 - ReLU and noise are one multiplier per hidden layer, ``dm = [z > 0] * mult``: the forward is ``h = z * dm + offset``
-  and the backward ``dh * dm``. ``z * dm`` equals ``ReLU(z) * mult`` but for the sign of a zero; a ``z`` of -inf,
-  which only a diverged run reaches, gives NaN instead of 0, and such a run fails as diverged either way;
+  and the backward ``dh * dm``. ``z * dm`` equals ``ReLU(z) * mult`` but for the sign of a zero, and for a ``z`` of
+  -inf (only weights or inputs that have already overflowed give one), which becomes NaN instead of 0;
 - native dropout draws its keep mask as PCG64's raw 32-bit words compared with an integer threshold: the same words,
   in the same order, that ``Generator.random(dtype=float32)`` turns into ``u = (w >> 8) / 2**24`` before
-  ``u > p``, so the masks are bit for bit ``contract.draw_masks``' (``keep_from_words`` says why the threshold is
+  ``u > p``, so the masks are bit for bit ``contract.draw_masks``' (``keep_threshold`` says why the threshold is
   exact), without the float conversion;
 - the logits are computed transposed, (classes, batch), so that the softmax reduces along contiguous rows.
 
