@@ -7,9 +7,9 @@ from backends.contract.spec import ModelSpec, TrainSpec
 from backends.numpy_ref import Backend
 
 # (batch, hiddens, rates): D2L's shapes, odd word counts (the contract's own draw takes over), p = 0 and p = 1, and
-# layers wider than one row block of the elementwise chain
+# larger batches with odd widths
 SHAPES = [(256, (256, 256), (0.5, 0.5)), (6, (9, 7), (0.3, 0.6)), (5, (3, 7), (0.2, 0.7)), (5, (3, 7), (0.0, 1.0)),
-          (600, (256, 7), (0.5, 0.3)), (301, (255, 9), (0.4, 0.5))]  # several row blocks; odd blocks
+          (600, (256, 7), (0.5, 0.3)), (301, (255, 9), (0.4, 0.5))]
 
 
 def _pair(model, weight_decay):
