@@ -83,14 +83,17 @@ def draw_keep(rng: np.random.Generator, keep: np.ndarray, p: float) -> None:
         np.greater(words.reshape(keep.shape), threshold, out=keep)
 
 
+NATIVE_KEEP = "keep"  # in ``_layer_noise``'s terms: native dropout, whose keep mask is in ``ws.keep``
+
+
 def _layer_noise(backend, ws: Workspace, masks, native_dropout: bool) -> list[tuple]:
     """Per hidden layer (multiplier of ``[z > 0]``, offset added after): the oracle's ``_noise_terms``, or for the
-    backend's own dropout ("keep", 1/(1-p)) with the keep mask drawn into ``ws.keep``."""
+    backend's own dropout (NATIVE_KEEP, 1/(1-p)) with the keep mask drawn into ``ws.keep``."""
     if native_dropout:
         noise = []
         for i, p in enumerate(backend.model.dropouts):
             draw_keep(backend.rng, ws.keep[i], p)
-            noise.append(("keep", backend.dtype(0.0 if p >= 1 else 1.0 / (1.0 - p))))
+            noise.append((NATIVE_KEEP, backend.dtype(0.0 if p >= 1 else 1.0 / (1.0 - p))))
         return noise
     return backend._noise_terms(masks if masks is not None else backend._draw(len(ws.ones)))
 
@@ -111,10 +114,10 @@ def step(backend, ws: Workspace, x: np.ndarray, y: np.ndarray, masks, *, native_
         positive, multiplier = ws.positive[i], ws.multiplier[i]
         np.greater(z, 0, out=positive)
         factor, offset = noise[i]
-        if isinstance(factor, str):  # native dropout: keep & [z > 0], times the scale 1/(1-p)
+        if factor is NATIVE_KEEP:  # keep & [z > 0], times the scale 1/(1-p) that came in the offset's place
+            scale, offset = offset, 0.0
             np.logical_and(ws.keep[i], positive, out=positive)
-            np.multiply(positive, offset, out=multiplier)
-            offset = 0.0
+            np.multiply(positive, scale, out=multiplier)
         else:
             np.multiply(positive, factor, out=multiplier)
         h = ws.h[i]

@@ -36,6 +36,12 @@ LEARNING_CURVES = (("train_loss", "training loss (noise on)", 1.0), ("val_loss",
                    ("val_acc", "validation accuracy (%)", 100.0))
 
 
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float]):
+    """A figure and its axes for the commands' charts, without pyplot: nothing to close, no backend to choose."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols)
+
+
 def save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     return Path(path)

@@ -89,17 +89,12 @@ def breakdown_lines(parts: list[dict[str, Any]], batch: int, peak: float | None)
     return lines + [""]
 
 
-def breakdown_chart(path: Path, parts: list[dict[str, Any]], title: str) -> bool:
+def breakdown_chart(path: Path, parts: list[dict[str, Any]], title: str) -> None:
     """Stacked horizontal bars: each part from where the previous ended (a negative part goes back), so that every
     bar ends at the measured epoch (the dot)."""
-    try:
-        import matplotlib
+    from experiments import plots
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, ax = plt.subplots(figsize=(9, 2.0 + 0.45 * max(1, len(parts))))
+    fig, ax = plots.subplots(figsize=(9, 2.0 + 0.45 * max(1, len(parts))))
     for y, p in enumerate(parts):
         left = 0.0
         for key, label, color in PARTS:
@@ -115,8 +110,6 @@ def breakdown_chart(path: Path, parts: list[dict[str, Any]], title: str) -> bool
     ax.set_xlabel("seconds per steady epoch")
     ax.set_title(title, fontsize=8, wrap=True)
     if parts:
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=5, frameon=False)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=5, frameon=False)  # below the label
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    fig.savefig(path, dpi=plots.DPI, bbox_inches="tight")  # the legend lies outside the axes

@@ -134,16 +134,11 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any],
     path.write_text("\n".join(lines))
 
 
-def write_chart(path: Path, rows: list[dict[str, Any]], floor: float | None, title: str) -> bool:
-    try:
-        import matplotlib
+def write_chart(path: Path, rows: list[dict[str, Any]], floor: float | None, title: str) -> None:
+    from experiments import plots
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
     timed = [r for r in sort_rows(rows) if r.get("steady_median_seconds") is not None]
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * max(1, len(timed))))
+    fig, ax = plots.subplots(figsize=(8, 1.2 + 0.45 * max(1, len(timed))))
     labels = [f"{r['backend']} {r['mode']}" for r in timed]
     medians = [r["steady_median_seconds"] for r in timed]
     low = [r["steady_median_seconds"] - r["steady_q1_seconds"] for r in timed]
@@ -167,6 +162,4 @@ def write_chart(path: Path, rows: list[dict[str, Any]], floor: float | None, tit
     if not timed:
         ax.text(0.5, 0.5, "no job finished", transform=ax.transAxes, ha="center")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    fig.savefig(path, dpi=plots.DPI)

@@ -113,16 +113,12 @@ def scaling_markdown(path: Path, rows: list[dict[str, Any]], fits, machine: str,
     path.write_text("\n".join(lines))
 
 
-def scaling_chart(path: Path, rows: list[dict[str, Any]], title: str) -> bool:
-    try:
-        import matplotlib
+def scaling_chart(path: Path, rows: list[dict[str, Any]], title: str) -> None:
+    from matplotlib.ticker import FormatStrFormatter
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import matplotlib.ticker
-    except ImportError:
-        return False
-    fig, (ratio_ax, rate_ax) = plt.subplots(1, 2, figsize=(12, 5))
+    from experiments import plots
+
+    fig, (ratio_ax, rate_ax) = plots.subplots(1, 2, figsize=(12, 5))
     for backend, mode in dict.fromkeys((r["backend"], r["mode"]) for r in rows):
         points = sorted((r["batch_size"], r) for r in rows if (r["backend"], r["mode"]) == (backend, mode)
                         and r.get("ratio_to_floor") is not None)
@@ -144,13 +140,12 @@ def scaling_chart(path: Path, rows: list[dict[str, Any]], title: str) -> bool:
         ax.grid(True, which="both", alpha=0.3)
     rate_ax.set_yscale("log")
     ratio_ax.set_yscale("log", base=2)  # eager modes run at 10x and more at small batches; 1-2x must stay legible
-    ratio_ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%gx"))
+    ratio_ax.yaxis.set_major_formatter(FormatStrFormatter("%gx"))
     batches = sorted({r["batch_size"] for r in rows})
     for ax in (ratio_ax, rate_ax):
         ax.set_xticks(batches, [str(b) for b in batches])
     ratio_ax.legend(fontsize=7)
+    rate_ax.legend(fontsize=7)  # the floor's dotted line
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    fig.savefig(path, dpi=plots.DPI)

@@ -83,14 +83,14 @@ def run(args: argparse.Namespace, argv: list[str], *, classes: dict[str, type] |
     folder.write_json("meta.json", meta)
     failed = failures(rows)
     write_markdown(out / "parity.md", rows, meta, failed)
-    charted = write_chart(out / "parity.png", rows, f"parity: SGD trajectory against the float64 oracle "
-                          f"({args.device}{', TF32 allowed' if args.allow_tf32 else ''})")
+    write_chart(out / "parity.png", rows, f"parity: SGD trajectory against the float64 oracle "
+                f"({args.device}{', TF32 allowed' if args.allow_tf32 else ''})")
     checked = [r for r in rows if r["status"] != "unavailable"]
     for r in rows:
         if r["status"] == "unavailable":
             print(f"unavailable: {r['backend']} {r['mode']}: {r['detail']}")
     print(f"machine: {machine_line(meta)}")
-    print(f"results in {out}/ (parity.csv, parity.md{', parity.png' if charted else ''}, meta.json)")
+    print(f"results in {out}/ (parity.csv, parity.md, parity.png, meta.json)")
     if failed:
         print(f"FAILED {len(failed)} rung(s):")
         print("\n".join(f"  {line}" for line in failed))

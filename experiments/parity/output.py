@@ -104,18 +104,13 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any],
     path.write_text("\n".join(lines))
 
 
-def write_chart(path: Path, rows: list[dict[str, Any]], title: str) -> bool:
+def write_chart(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     """The worst scale-relative error over implementations and noise kinds at each SGD step, per backend x mode."""
-    try:
-        import matplotlib
+    from experiments import plots
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
     frame = pd.DataFrame([r for r in rows if r["rung"] == "sgd_trajectory" and r.get("max_rel_err") is not None],
                          columns=COLUMNS)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plots.subplots(figsize=(8, 4.5))
     if frame.empty:
         ax.text(0.5, 0.5, "no SGD trajectory ran", transform=ax.transAxes, ha="center")
     else:
@@ -131,6 +126,4 @@ def write_chart(path: Path, rows: list[dict[str, Any]], title: str) -> bool:
     ax.set_ylabel("max |actual - oracle| / max |oracle| (worst over impl, noise)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    fig.savefig(path, dpi=plots.DPI)
