@@ -106,6 +106,8 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any],
 
 def write_chart(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     """The worst scale-relative error over implementations and noise kinds at each SGD step, per backend x mode."""
+    from matplotlib.ticker import MaxNLocator
+
     from experiments import plots
 
     frame = pd.DataFrame([r for r in rows if r["rung"] == "sgd_trajectory" and r.get("max_rel_err") is not None],
@@ -123,6 +125,7 @@ def write_chart(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     ax.axhline(RTOL, color="#c44e52", linestyle="--")
     ax.text(1, RTOL, f" tolerance {RTOL:g}", color="#c44e52", fontsize=8, va="bottom")
     ax.set_xlabel("SGD step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_ylabel("max |actual - oracle| / max |oracle| (worst over impl, noise)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
