@@ -167,11 +167,12 @@ def run(experiment: str = "d2l", *, backends: str | Iterable[str] | None = None,
                             seeds=tuple(seeds) if seeds is not None else None, model_overrides=model,
                             train_overrides=train)
     folder = Path(out) if out is not None else Path("results") / f"{planned.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    located = data.locate(data_dir)  # before the folder is made: refused data must not leave an empty run folder
+    check_train_limit(train.get("train_limit"), data.training_examples(located))
+    made = [f for f in (folder, *folder.parents) if not f.exists()]
     resume.check_out_folder(folder, resume=checked["resume"])
     if checked["resume"]:
         resume.check_run_folder(folder, planned.name)
-    located = data.locate(data_dir)
-    check_train_limit(train.get("train_limit"), data.training_examples(located))
     options = RunOptions(data_dir=located, out_dir=folder, threads=threads, job_timeout=job_timeout,
                          progress=progress, **extra)
     if dry_run:
@@ -179,6 +180,8 @@ def run(experiment: str = "d2l", *, backends: str | Iterable[str] | None = None,
         decisions = resume.plan(jobs, folder, data_dir=located, threads=threads, resume=options.resume,
                                 force=options.force)
         print("\n".join(resume.dry_run_lines(decisions, resume=options.resume)))
+        for created in made:  # a dry run writes nothing
+            created.rmdir()
         return None
     if progress:
         print(f"{planned.name}: {planned.description}\ndata: {located}   results: {folder}   threads: {threads}   "

@@ -66,8 +66,12 @@ def test_truncated_and_corrupted_data_files_are_refused(tmp_path):
     assert_user_error(harness("--backend", "numpy", "--data-dir", str(corrupted)), "train-labels")
 
 
-def test_empty_data_folder_is_refused(tmp_path):
-    assert_user_error(harness("--backend", "numpy", "--data-dir", str(tmp_path)), "train-images", "--data-dir")
+def test_empty_data_folder_is_refused_before_any_run_folder_is_made(tmp_path):
+    empty, out = tmp_path / "empty", tmp_path / "runs" / "run"
+    empty.mkdir()
+    assert_user_error(harness("--backend", "numpy", "--data-dir", str(empty), "--out", str(out)), "train-images",
+                      "--data-dir")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_list_names_every_backend_and_experiment():

@@ -155,11 +155,11 @@ def test_changing_one_variant_reruns_only_its_jobs(tmp_path):
 
 
 def test_dry_run_lists_the_jobs_and_which_a_resume_would_reuse(tmp_path):
-    out = tmp_path / "run"
+    out = tmp_path / "runs" / "run"
     base = ["--backend", "numpy", "--epochs", "2", "--train-limit", "1000", "--threads", "1", "--out", str(out)]
     planned = harness(*base, "--seeds", "0", "1", "--dry-run")
     assert planned.returncode == 0 and "2 jobs: 2 to run, 0 reused" in planned.stdout
-    assert not (out / "summary.csv").exists()
+    assert not (tmp_path / "runs").exists()  # not even the folder it would make
     assert harness(*base, "--seeds", "0", "1").returncode == 0
     same = harness(*base, "--seeds", "0", "1", "2", "--resume", "--dry-run")
     assert "3 jobs: 1 to run, 2 reused" in same.stdout, same.stdout
