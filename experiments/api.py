@@ -27,6 +27,7 @@ import pandas as pd
 from backends import registry
 from backends.contract.spec import MODES, ModelSpec, TrainSpec
 from experiments import catalog, data, report, resume
+from experiments.executors import check_ray_address
 from experiments.options import UsageError, check_train_limit, modes_of, validate_run_options
 from experiments.results import Run
 from experiments.runner import RunInterrupted, RunOptions, run_experiment
@@ -169,6 +170,7 @@ def run(experiment: str = "d2l", *, backends: str | Iterable[str] | None = None,
     folder = Path(out) if out is not None else Path("results") / f"{planned.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     located = data.locate(data_dir)  # before the folder is made: refused data must not leave an empty run folder
     check_train_limit(train.get("train_limit"), data.training_examples(located))
+    check_ray_address(checked["executor"], checked["ray_address"])
     made = [f for f in (folder, *folder.parents) if not f.exists()]
     resume.check_out_folder(folder, resume=checked["resume"])
     if checked["resume"]:
@@ -180,8 +182,7 @@ def run(experiment: str = "d2l", *, backends: str | Iterable[str] | None = None,
         decisions = resume.plan(jobs, folder, data_dir=located, threads=threads, resume=options.resume,
                                 force=options.force)
         print("\n".join(resume.dry_run_lines(decisions, resume=options.resume)))
-        for created in made:  # a dry run writes nothing
-            created.rmdir()
+        _remove_empty(made)  # a dry run writes nothing
         return None
     if progress:
         print(f"{planned.name}: {planned.description}\ndata: {located}   results: {folder}   threads: {threads}   "
@@ -193,7 +194,22 @@ def run(experiment: str = "d2l", *, backends: str | Iterable[str] | None = None,
         run_experiment(planned, options, argv=argv)
     except RunInterrupted as stop:
         stop.out = folder  # where to resume
+        report.write(planned.name, folder)  # an interrupted run gets its report too, for what finished
         raise
-    finally:  # an interrupted run gets its report too, for what finished
-        report.write(planned.name, folder)
+    except Exception:
+        if made and not any(folder.iterdir()):  # refused before a job started (an address that is no Ray head)
+            _remove_empty(made)
+        else:
+            report.write(planned.name, folder)
+        raise
+    report.write(planned.name, folder)
     return load(folder)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders this call made (innermost first), as long as nothing else was put in them."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return

@@ -108,6 +108,25 @@ def test_user_errors_raise_the_command_lines_exceptions_and_messages(tmp_path):
     assert not (tmp_path / "x").exists()  # refused before any worker or folder
 
 
+def test_a_run_refused_before_any_job_leaves_no_folder_and_a_started_one_keeps_its_own(tmp_path, monkeypatch):
+    def refuse(planned, options, argv):
+        raise UsageError("refused by the executor")
+
+    monkeypatch.setattr(api, "run_experiment", refuse)
+    with pytest.raises(UsageError, match="refused by the executor"):
+        run("d2l", backends=["numpy"], out=tmp_path / "runs" / "x", progress=False)
+    assert not (tmp_path / "runs").exists()
+
+    def fail_after_a_file(planned, options, argv):
+        (options.out_dir / "epochs.csv").write_text("")
+        raise RuntimeError("a failure mid-run")
+
+    monkeypatch.setattr(api, "run_experiment", fail_after_a_file)
+    with pytest.raises(RuntimeError):
+        run("d2l", backends=["numpy"], out=tmp_path / "runs" / "x", progress=False)
+    assert (tmp_path / "runs" / "x" / "epochs.csv").exists()  # what a started run wrote stays
+
+
 def test_runner_options_pass_through_by_name():
     assert {"threads", "job_timeout", "progress", "bench_timing"} <= set(api.RUN_FIELDS)
     model, train, options = api.split_overrides({"epochs": 3, "dropouts": [0.2, 0.5], "bench_timing": True})

@@ -97,3 +97,45 @@ def test_a_two_node_ray_cluster_in_its_own_network_namespace_gives_the_local_num
     assert failed[0]["status"] == "failed" and "SIGKILL" in failed[0]["error"], failed[0]["error"]
     assert f"{failed[0]['backend']}-{failed[0]['impl']}-{failed[0]['mode']}-cpu-{failed[0]['variant']}-seed" \
            f"{failed[0]['seed']}" == KILL_JOB
+
+
+# Inside the test's network namespace: an HTTP server on loopback (a port of something that is not Ray) and a port
+# that nothing listens on; the harness's train and bench commands against each. Prints one JSON line.
+WRONG_ADDRESS_RUNS = r"""
+import json, subprocess, sys, time
+server = subprocess.Popen([sys.executable, "-m", "http.server", "8765", "--bind", "127.0.0.1"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+time.sleep(1.0)
+runs = {}
+try:
+    for port in (8765, 8766):
+        for command in ([], ["bench"]):
+            done = subprocess.run([sys.executable, HARNESS, *command, "--backend", "numpy", "--executor", "ray",
+                                   "--ray-address", f"127.0.0.1:{port}", "--train-limit", "1000", "--out", OUT],
+                                  capture_output=True, text=True, timeout=120)  # Ray's retries take minutes
+            runs[f"{' '.join(command) or 'train'} {port}"] = {"returncode": done.returncode, "stderr": done.stderr}
+finally:
+    server.kill()
+print(json.dumps(runs))
+"""
+
+
+def test_a_ray_address_where_no_ray_head_answers_is_one_line_at_once_and_makes_no_folder(tmp_path):
+    """ray.init against a port of another server retries for many minutes (20 attempts of about 40 s against an
+    HTTP server), in C code that SIGTERM does not interrupt; the harness asks the port first."""
+    pytest.importorskip("ray")
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs unshare and ip (util-linux, iproute2) to make the test's network namespace")
+    out = tmp_path / "runs" / "run"
+    code = f"HARNESS = {str(backends.PROJECT_ROOT / 'harness.py')!r}; OUT = {str(out)!r}\n{WRONG_ADDRESS_RUNS}"
+    outcome = subprocess.run(["unshare", "-n", "sh", "-c", f"ip link set lo up && exec {sys.executable} -c \"$0\"",
+                              code], capture_output=True, text=True, timeout=900)
+    assert outcome.returncode == 0, outcome.stderr[-3000:]
+    runs = json.loads(outcome.stdout.strip().splitlines()[-1])
+    assert len(runs) == 4
+    for name, run in runs.items():
+        lines = run["stderr"].strip().splitlines()
+        assert run["returncode"] == 2 and len(lines) == 1 and lines[0].startswith("error: --ray-address"), (name, run)
+        expected = "not a Ray head's GCS" if name.endswith("8765") else "nothing answers there"
+        assert expected in lines[0], (name, lines[0])
+    assert not (tmp_path / "runs").exists()

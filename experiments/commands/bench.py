@@ -25,6 +25,7 @@ from experiments.bench.floor import BATCH_SIZE
 from experiments.bench.output import console_table, floor_summary, machine_line, write_markdown
 from experiments.bench.scaling import SCALING_COLUMNS, fit_all, fit_lines, scaling_chart, scaling_markdown, scaling_rows
 from experiments.bench.session import run_size
+from experiments.executors import check_ray_address
 from experiments.options import (
     Parser, UsageError, add_backend_option, add_device_option, add_mode_option, add_run_options, modes_of,
     validate_run_options,
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     chosen = registry.select(args.backend, installed_only=False)
     modes = modes_of(args.mode)
     args.data_dir = data.locate(args.data_dir)
+    check_ray_address(args.executor, args.ray_address)
     out = args.out or Path("results") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     scaling = len(batches) > 1
     split_at = min(batches, key=lambda b: abs(math.log(b / BATCH_SIZE)))  # the breakdown's: 256 or the nearest

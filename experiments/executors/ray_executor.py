@@ -56,15 +56,32 @@ def job_task(backend: str, request: dict[str, Any], threads: int, label: str, al
 
 
 def reachable(address: str) -> None:
-    """A ``host:port`` that nothing answers on is refused at once (ray.init would retry for minutes)."""
+    """Refuse at once a ``host:port`` that nothing answers on, or where something other than a Ray head answers:
+    ray.init would retry for minutes, in C code that a signal does not interrupt, against a port of another server
+    (20 attempts of about 40 s against an HTTP server)."""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or "://" in address:
         return  # "auto", "ray://...": left to Ray
+    wait = CONNECT_WAIT / 24
     try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_WAIT / 24).close()
+        socket.create_connection((host, int(port)), timeout=wait).close()
     except OSError as exc:
         raise UsageError(f"--ray-address {address}: nothing answers there ({exc.strerror or exc}); start the "
                          f"head with ray start --head, or check the address") from None
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    # The first call ray.init makes of the head's GCS, with a deadline. A head with token authentication refuses
+    # the call without the token, which still says that Ray's GCS answers.
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
+        try:
+            gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
+                gcs_service_pb2.GetClusterIdRequest(), timeout=wait)
+        except grpc.RpcError as exc:
+            if exc.code() not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                raise UsageError(f"--ray-address {address}: something answers there, but not a Ray head's GCS "
+                                 f"({exc.code().name.lower()}); give the head's address (ray start --head prints "
+                                 f"it; the default port is 6379)") from None
 
 
 class RayExecutor:
