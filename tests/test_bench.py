@@ -308,3 +308,37 @@ def test_every_backend_reports_its_gemm_library_and_rate(tmp_path):
     meta = json.loads((out / "meta.json").read_text())
     assert all(meta["gemm_libraries"][f"{n} eager"]["shape"] == [256, 784, 256] for n in names)
     assert not (out / "summary.csv").read_text().count("noise-off")  # --no-noise-off: no twins
+
+
+def test_an_interrupted_bench_still_writes_its_table_for_the_jobs_that_finished(tmp_path):
+    """SIGINT once the first job's row is on disk: the finished jobs keep their bench rows and bench.md, the rest
+    are marked interrupted, and no worker is left."""
+    import signal
+    import time
+
+    import psutil
+
+    out = tmp_path / "bench"
+    process = subprocess.Popen([*HARNESS, "bench", "--backend", "numpy", "--backend", "torch", "--repeats", "1",
+                                "--train-limit", "2000", "--threads", "1", "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=backends.PROJECT_ROOT)
+    children = []
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not (out / "summary.csv").exists():
+            time.sleep(0.05)
+        children = psutil.Process(process.pid).children(recursive=True)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr[-2000:]
+    assert "interrupted by SIGINT" in stderr and "Traceback" not in stderr
+    rows = {(r["backend"], r["mode"]): r for r in read_csv(out / "bench.csv")}
+    assert rows[("numpy", "eager")]["status"] == "ok" and float(rows[("numpy", "eager")]["ratio_to_floor"]) > 0
+    assert {rows[("torch", m)]["status"] for m in ("eager", "compiled")} == {"interrupted"}
+    assert "| numpy | eager |" in (out / "bench.md").read_text()
+    assert "batch 256:" in stdout
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]

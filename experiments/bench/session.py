@@ -26,7 +26,7 @@ from experiments.bench.output import write_chart
 from experiments.bench.rows import COLUMNS, EventLog, bench_row, unavailable_row
 from experiments.plan import Variant
 from experiments.rundir import RunFolder, run_metadata
-from experiments.runner import RunOptions, run_experiment
+from experiments.runner import RunInterrupted, RunOptions, run_experiment
 
 MAIN, NOISE_OFF = "d2l", "noise-off"  # the variants: the D2L job, and the same job with dropout (0, 0)
 
@@ -42,6 +42,7 @@ class SizeResult:
     n_train: int
     sizes: tuple[int, ...]
     noise_off: bool  # whether the noise-off jobs ran
+    interrupted: RunInterrupted | None = None  # a signal stopped this size's jobs; its rows are those that finished
 
 
 def plan_rows(chosen: list[str], modes: tuple[str, ...], mode_flag: str, device: str, threads: int,
@@ -97,6 +98,7 @@ def run_size(args, argv: list[str], *, chosen: list[str], modes: tuple[str, ...]
             measured.append(None)
 
     log = EventLog()
+    interrupted: RunInterrupted | None = None
     summaries: dict[tuple[str, str, str], dict[str, Any]] = {}
     run_names = [n for n in chosen if any(b == n for b, _ in runnable)]
     if run_names:
@@ -113,7 +115,11 @@ def run_size(args, argv: list[str], *, chosen: list[str], modes: tuple[str, ...]
         options = RunOptions(data_dir=args.data_dir, out_dir=out, threads=args.threads,
                              job_timeout=args.job_timeout, bench_timing=True, executor=args.executor,
                              ray_address=args.ray_address, all_cpus_of_node=on_ray)
-        for summary in run_experiment(experiment, options, argv=argv, on_event=log, between_jobs=between_jobs):
+        try:
+            finished = run_experiment(experiment, options, argv=argv, on_event=log, between_jobs=between_jobs)
+        except RunInterrupted as stop:  # the table is still written, for the jobs that finished
+            interrupted, finished = stop, stop.rows
+        for summary in finished:
             summaries[(summary["backend"], summary["mode"], summary["variant"])] = summary
         meta = json.loads((out / "meta.json").read_text())
     else:
@@ -131,6 +137,8 @@ def run_size(args, argv: list[str], *, chosen: list[str], modes: tuple[str, ...]
                         summary=summaries.get((name, mode, MAIN)), epochs=log.epochs.get((name, mode, MAIN), []),
                         timings=log.timings.get((name, mode, MAIN), []), floor=floor_epoch, batch=batch,
                         start=log.starts.get((name, mode, MAIN)))
+        if interrupted is not None and (name, mode, MAIN) not in summaries:
+            row.update(status="interrupted", error=f"{interrupted.signal_name} stopped the bench before this job")
         if noise_off:
             off = bench_row(backend=name, mode=mode, device=args.device, threads=args.threads,
                             summary=summaries.get((name, mode, NOISE_OFF)),
@@ -174,4 +182,4 @@ def run_size(args, argv: list[str], *, chosen: list[str], modes: tuple[str, ...]
              f"{args.device}, {meta.get('cpu')}")
     write_chart(out / "bench.png", rows, floor_epoch, title)
     return SizeResult(batch=batch, out=out, rows=rows, floor=floor, floor_error=floor_error, meta=meta,
-                      n_train=n_train, sizes=tuple(sizes), noise_off=noise_off)
+                      n_train=n_train, sizes=tuple(sizes), noise_off=noise_off, interrupted=interrupted)

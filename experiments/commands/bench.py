@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -76,12 +77,19 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     scaling = len(batches) > 1
     split_at = min(batches, key=lambda b: abs(math.log(b / BATCH_SIZE)))  # the breakdown's: 256 or the nearest
 
-    results = [run_size(args, argv, chosen=chosen, modes=modes, model=model, batch=b,
-                        out=out / f"batch-{b}" if scaling else out, noise_off=args.noise_off and b == split_at)
-               for b in batches]
+    results = []
+    for b in batches:
+        results.append(run_size(args, argv, chosen=chosen, modes=modes, model=model, batch=b,
+                                out=out / f"batch-{b}" if scaling else out, noise_off=args.noise_off and b == split_at))
+        if results[-1].interrupted:  # what finished is still written below; the remaining sizes are not run
+            break
+    interrupted = results[-1].interrupted
+    if interrupted:
+        split_at = min((r.batch for r in results), key=lambda b: abs(math.log(b / BATCH_SIZE)))
 
     rows = scaling_rows(results)
-    fits = fit_all(rows) if scaling else {}
+    fitted = len(results) > 1  # the sizes that ran: all of them unless interrupted
+    fits = fit_all(rows) if fitted else {}
     split = next(r for r in results if r.batch == split_at)
     parts = breakdown_rows(split.rows, split.n_train, fits, split.floor)
     machine = machine_line(results[0].meta, results[0].floor)
@@ -103,8 +111,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     print("\n" + "\n".join(table))
     print(f"machine: {machine}")
     written = "bench.csv, bench.md, bench.png, breakdown.csv, breakdown.png, meta.json"
-    if scaling:
-        title = (f"{width} MLP, batch sizes {' '.join(map(str, batches))}, {results[0].n_train:,} examples, "
+    if scaling and not fitted:  # interrupted during the first size of several
+        written = f"breakdown.csv, breakdown.png; batch-{results[0].batch}/ with the bench's files"
+    if fitted:
+        ran = " ".join(str(r.batch) for r in results)
+        title = (f"{width} MLP, batch sizes {ran}, {results[0].n_train:,} examples, "
                  f"threads {args.threads}, {args.device}, {results[0].meta.get('cpu')}")
         _write_csv(out / "scaling.csv", rows, SCALING_COLUMNS)
         scaling_markdown(out / "scaling.md", rows, fits, machine, title, table)
@@ -113,4 +124,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         print("\n".join(fit_lines(rows, fits)))
         written = "scaling.csv, scaling.md, scaling.png, breakdown.csv, breakdown.png; batch-<B>/ per size"
     print(f"\nresults in {out}/ ({written})")
+    if interrupted:
+        print(f"\ninterrupted by {interrupted.signal_name}: the tables hold the jobs that finished", file=sys.stderr)
+        return interrupted.status
     return 0 if any(row["status"] == "ok" for result in results for row in result.rows) else 1
