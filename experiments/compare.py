@@ -84,6 +84,37 @@ def environment_differences(a: Run, b: Run) -> list[tuple[str, Any, Any]]:
             if left.get(key) != right.get(key)]
 
 
+# The job settings every summary and epoch row carries (``rundir.job_columns``' parameters); dropout_<i> by prefix.
+SETTING_COLUMNS = ["experiment", "device", "noise", "hiddens", "init", "lr", "weight_decay", "batch_size", "epochs",
+                   "train_limit"]
+
+
+def _setting(value: Any) -> Any:
+    """A setting as read back from CSV: None where unset, whole numbers as integers (a column with an empty cell
+    reads as floats: train_limit 2000.0)."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def setting_differences(a: Run, b: Run, shared: list[tuple]) -> list[tuple[str, Any, Any]]:
+    """(setting, A's values, B's values) for every job setting that differs between the shared jobs of A and B:
+    a comparison of lr 0.1 against lr 0.2 is no like-for-like timing, and the reader must see it."""
+    dropouts = sorted({c for c in [*a.jobs.columns, *b.jobs.columns] if c.startswith("dropout_")})
+    columns = [c for c in SETTING_COLUMNS[:3] + dropouts + SETTING_COLUMNS[3:]
+               if c in a.jobs.columns or c in b.jobs.columns]
+    rows_a = {_key(r): r for _, r in a.jobs.iterrows()}
+    rows_b = {_key(r): r for _, r in b.jobs.iterrows()}
+    differences = []
+    for column in columns:
+        pairs = [(_setting(rows_a[k].get(column)), _setting(rows_b[k].get(column))) for k in shared]
+        if any(left != right for left, right in pairs):
+            left = ", ".join(str(x) for x in dict.fromkeys(x for x, _ in pairs))  # None: unset (train_limit: all)
+            right = ", ".join(str(y) for y in dict.fromkeys(y for _, y in pairs))
+            differences.append((column, left, right))
+    return differences
+
+
 def _key(row) -> tuple:
     return tuple(row[c] for c in KEY_COLUMNS)
 
@@ -104,6 +135,7 @@ class Comparison:
     only_b: list[tuple]
     environment: list[tuple[str, Any, Any]]
     stats: dict[tuple, Stat] = field(default_factory=dict)
+    settings: list[tuple[str, Any, Any]] = field(default_factory=list)  # job settings that differ (shared jobs)
 
 
 def _floor_ratios(run: Run) -> dict[tuple[str, str], float]:
@@ -161,7 +193,8 @@ def compare(a: Run, b: Run) -> Comparison:
                        "dropped": difference.clear and difference.mean < 0})
     return Comparison(a=a, b=b, jobs=jobs, accuracy=pd.DataFrame(groups),
                       only_a=[k for k in jobs_a if k not in jobs_b], only_b=[k for k in jobs_b if k not in jobs_a],
-                      environment=environment_differences(a, b), stats=stats)
+                      environment=environment_differences(a, b), stats=stats,
+                      settings=setting_differences(a, b, shared))
 
 
 def slower_jobs(comparison: Comparison, percent: float = 0.0) -> pd.DataFrame:
@@ -194,6 +227,9 @@ def verdict(comparison: Comparison, fail_above: float | None) -> tuple[str, bool
     parts = [f"B ({comparison.b.path}) against A ({comparison.a.path}): {len(jobs)} shared job{'s' if len(jobs) != 1 else ''}"
              + (f", {len(comparison.only_a)} only in A" if comparison.only_a else "")
              + (f", {len(comparison.only_b)} only in B" if comparison.only_b else "") + "."]
+    if comparison.settings:
+        parts.append("The shared jobs' settings differ: " + "; ".join(
+            f"{what} {left} in A, {right} in B" for what, left, right in comparison.settings) + ".")
     if comparison.environment:
         parts.append("The environments differ in " + ", ".join(what for what, _, _ in comparison.environment) + ".")
     else:
@@ -222,8 +258,12 @@ def verdict(comparison: Comparison, fail_above: float | None) -> tuple[str, bool
 def write_markdown(path: Path, comparison: Comparison, paragraph: str) -> None:
     a, b = comparison.a, comparison.b
     lines = ["# dropbench: compare", "", f"- A: `{a.path}` ({a.kind} run, {a.meta.get('started', '?')})",
-             f"- B: `{b.path}` ({b.kind} run, {b.meta.get('started', '?')})", "", paragraph, "",
-             "## Environment", ""]
+             f"- B: `{b.path}` ({b.kind} run, {b.meta.get('started', '?')})", "", paragraph, ""]
+    if comparison.settings:
+        lines += ["## Settings that differ (the shared jobs')", "", "| setting | A | B |", "| --- | --- | --- |"]
+        lines += [f"| {what} | {left} | {right} |" for what, left, right in comparison.settings]
+        lines.append("")
+    lines += ["## Environment", ""]
     if comparison.environment:
         lines += ["| what | A | B |", "| --- | --- | --- |"]
         lines += [f"| {what} | {_shown(left)} | {_shown(right)} |" for what, left, right in comparison.environment]

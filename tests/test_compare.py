@@ -19,9 +19,10 @@ SEEDS = (0, 1, 2)
 EPOCHS = 6  # 5 steady epochs a side: enough for the U test to tell a clean 1.5x apart (p = 0.008)
 
 
-def write_run(folder, *, seconds=None, accuracy=None, bench=False, threads=2, seeds=SEEDS):
-    """A run folder: every backend x seed of the d2l variant, epoch times about 0.5 s with a little jitter."""
-    seconds, accuracy = seconds or {}, accuracy or {}
+def write_run(folder, *, seconds=None, accuracy=None, bench=False, threads=2, seeds=SEEDS, settings=None):
+    """A run folder: every backend x seed of the d2l variant, epoch times about 0.5 s with a little jitter;
+    ``settings``: per backend, the job settings its summary rows carry (``rundir.job_columns``' parameters)."""
+    seconds, accuracy, settings = seconds or {}, accuracy or {}, settings or {}
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True)
     epochs, summary = [], []
@@ -36,9 +37,10 @@ def write_run(folder, *, seconds=None, accuracy=None, bench=False, threads=2, se
                                "val_acc": acc, "epoch_seconds": time, "eval_seconds": 0.1, "n_train": 2000,
                                "device": "cpu"})
             summary.append({**key, "status": "ok", "error": "", "final_val_acc": acc,
-                            "median_epoch_seconds": float(np.median(times[1:]))})
+                            "median_epoch_seconds": float(np.median(times[1:])), **settings.get(backend, {})})
     pd.DataFrame(epochs, columns=EPOCH_COLUMNS + ["n_train", "device"]).to_csv(folder / "epochs.csv", index=False)
-    pd.DataFrame(summary, columns=SUMMARY_COLUMNS).to_csv(folder / "summary.csv", index=False)
+    extra = list(dict.fromkeys(c for values in settings.values() for c in values))
+    pd.DataFrame(summary, columns=SUMMARY_COLUMNS + extra).to_csv(folder / "summary.csv", index=False)
     meta = {"python": "3.11.7", "numpy": "2.4.6", "frameworks": {"numpy": "2.4.6", "torch": "2.13.0+cpu"},
             "cpu": "Intel(R) Xeon(R) Processor", "cpu_count": 2, "threads": threads, "git_commit": "abc",
             "command": "harness.py", "started": "2026-12-01T10:00:00+0000"}
@@ -116,6 +118,22 @@ def test_bench_runs_show_each_sides_ratio_to_floor(tmp_path):
     assert float(numpy_row["floor_normalised_ratio"]) == pytest.approx(1.5, rel=0.03)
     assert flagged(rows) == [("numpy", 0, "slower")]
     assert "x floor A" in (out / "compare.md").read_text()
+
+
+def test_settings_that_differ_between_the_shared_jobs_are_named(tmp_path, capsys):
+    same = {"lr": 0.1, "batch_size": 256, "train_limit": None, "dropout_1": 0.5}
+    a = write_run(tmp_path / "a", settings={"numpy": same, "torch": same})
+    b = write_run(tmp_path / "b", settings={"numpy": same, "torch": {**same, "lr": 0.2, "train_limit": 2000}})
+    status, _, out = compare(a, b, tmp_path)
+    assert status == 0
+    paragraph = capsys.readouterr().out
+    assert "The shared jobs' settings differ: lr 0.1 in A, 0.1, 0.2 in B; train_limit None in A, None, 2000 in B." \
+        in paragraph
+    markdown = (out / "compare.md").read_text()
+    assert "| lr | 0.1 | 0.1, 0.2 |" in markdown and "batch_size" not in markdown.split("## Environment")[0]
+    assert compare(a, a, tmp_path)[0] == 0
+    assert "settings differ" not in capsys.readouterr().out
+    assert "Settings that differ" not in (tmp_path / "cmp" / "compare.md").read_text()
 
 
 def test_jobs_on_one_side_only_are_listed(tmp_path, capsys):
