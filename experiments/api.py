@@ -5,6 +5,7 @@
     r.summary, r.epochs        # pandas DataFrames, read back from the run folder's CSVs
     r.plot()                   # the learning curves, a matplotlib Figure
     load("results/d2l-20261126-120000")   # the same for a finished run (bench runs too: r.bench)
+    load("results/bench-20261126-120000")  # a scaling bench: r.scaling, r.bench of every size, r.sizes[256]
 
 ``run`` starts one worker process per job through the same runner as ``python harness.py``, writes the same run
 folder (CSVs, ``meta.json``, ``report.md``, PNGs), and raises the command line's user errors (the classes of
@@ -50,11 +51,16 @@ class Result:
     summary: pd.DataFrame | None = field(repr=False)
     epochs: pd.DataFrame | None = field(repr=False)
     bench: pd.DataFrame | None = field(default=None, repr=False)
+    # A scaling bench (several --batch-sizes): scaling.csv, and each size's own bench folder read back, by batch
+    # size; ``bench`` then holds every size's rows (their batch_size column tells them apart).
+    scaling: pd.DataFrame | None = field(default=None, repr=False)
+    sizes: dict[int, Result] = field(default_factory=dict, repr=False)
 
     @property
     def report(self) -> Path | None:
-        """``report.md`` (``bench.md`` for a bench run), or None when the folder has neither."""
-        return next((p for p in (self.folder / "report.md", self.folder / "bench.md") if p.exists()), None)
+        """``report.md`` (``bench.md`` for a bench run, ``scaling.md`` for a scaling bench), or None."""
+        return next((p for p in (self.folder / name for name in ("report.md", "bench.md", "scaling.md"))
+                     if p.exists()), None)
 
     @property
     def figure(self) -> Path | None:
@@ -65,6 +71,8 @@ class Result:
     @property
     def ok(self) -> bool:
         """True when at least one job finished."""
+        if self.sizes:
+            return any(size.ok for size in self.sizes.values())
         return self.summary is not None and bool((self.summary["status"] == "ok").any())
 
     def table(self, name: str) -> pd.DataFrame | None:
@@ -74,6 +82,10 @@ class Result:
     def plot(self, path: str | Path | None = None):
         """The learning curves of the finished jobs (the report's figure) as a matplotlib Figure; also saved as a
         PNG at ``path`` when given."""
+        if self.sizes:
+            raise UsageError(f"{self.folder} is a scaling bench: plot one size's learning curves with "
+                             f".sizes[B].plot() (B in {', '.join(map(str, self.sizes))}); the scaling chart is "
+                             f"{self.folder / 'scaling.png'}")
         if self.summary is None:
             raise UsageError(f"{self.folder} has no summary.csv: no job of this run has finished")
         figure = learning_curves_figure(Run(self.experiment, self.folder), path)
@@ -88,8 +100,10 @@ def read_table(folder: Path, name: str) -> pd.DataFrame | None:
 
 
 def load(folder: str | Path) -> Result:
-    """A finished (or interrupted) run folder: a training run or a bench run."""
+    """A finished (or interrupted) run folder: a training run, a bench run or a scaling bench's top folder."""
     folder = Path(folder)
+    if (folder / "scaling.csv").exists():
+        return _load_scaling(folder)
     if not (folder / "summary.csv").exists() and not (folder / "bench.csv").exists():
         raise UsageError(f"{folder} holds no run (no summary.csv or bench.csv); give a folder that harness.py or "
                          "experiments.run wrote, e.g. results/d2l-<timestamp>")
@@ -98,6 +112,20 @@ def load(folder: str | Path) -> Result:
     return Result(folder=folder, experiment=meta.get("experiment", folder.name.rsplit("-", 2)[0]), meta=meta,
                   summary=read_table(folder, "summary"), epochs=read_table(folder, "epochs"),
                   bench=read_table(folder, "bench"))
+
+
+def _load_scaling(folder: Path) -> Result:
+    sizes = {}
+    for path in folder.glob("batch-*"):
+        batch = path.name.removeprefix("batch-")
+        if batch.isdigit() and (path / "bench.csv").exists():
+            sizes[int(batch)] = load(path)
+    sizes = dict(sorted(sizes.items()))
+    benches = [size.bench for size in sizes.values() if size.bench is not None]
+    first = next(iter(sizes.values()), None)
+    return Result(folder=folder, experiment=first.experiment if first else "bench", meta=first.meta if first else {},
+                  summary=None, epochs=None, bench=pd.concat(benches, ignore_index=True) if benches else None,
+                  scaling=read_table(folder, "scaling"), sizes=sizes)
 
 
 def _names(value: str | Iterable[str] | None) -> list[str] | None:

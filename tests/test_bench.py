@@ -287,6 +287,16 @@ def test_a_scaling_run_writes_its_files_and_fits_every_backend_mode(tmp_path):
     assert "t0 us/step" in result.stdout and "resid. B=512" in result.stdout  # the fit and its residuals, printed
     assert "## Fixed cost per step" in (out / "scaling.md").read_text()
 
+    from experiments import load  # the notebook's view of the same folder
+
+    loaded = load(out)
+    assert list(loaded.sizes) == [64, 256, 512] and loaded.report == out / "scaling.md" and loaded.ok
+    assert len(loaded.scaling) == 3 and sorted(loaded.bench["batch_size"]) == [64, 256, 512]
+    assert loaded.sizes[256].bench["batch_size"].tolist() == [256] and loaded.sizes[256].summary is not None
+    assert len(loaded.sizes[64].plot().axes) == 3
+    with pytest.raises(cli.UsageError, match=r"sizes\[B\]\.plot\(\)"):
+        loaded.plot()
+
 
 def test_every_backend_reports_its_gemm_library_and_rate(tmp_path):
     from tests.conftest import backends_under_test, require_backend
