@@ -76,3 +76,20 @@ def test_shared_modules_import_without_any_framework(modules, banned):
             f"bad = [m for m in {banned!r} if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=backends.PROJECT_ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_backend_server_exits_quietly_when_its_client_is_gone():
+    """The parity command's MXNet server outlives a client killed by a signal only until its next reply: it then
+    exits with status 0 and nothing on stderr (it used to print two BrokenPipeError tracebacks into the terminal)."""
+    server = subprocess.Popen([sys.executable, "-m", "backends.remote.serve", "--backend", "numpy"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              cwd=backends.PROJECT_ROOT)
+    try:
+        server.stdout.close()  # the client's end of the replies: gone, as when its process dies
+        wire.send(server.stdin, {"method": "__init__", "kwargs": {"model": {}, "train": {}}})
+        server.stdin.close()
+        assert server.wait(timeout=120) == 0
+        assert server.stderr.read().decode() == ""
+    finally:
+        if server.poll() is None:
+            server.kill()

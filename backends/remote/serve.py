@@ -6,6 +6,7 @@ pins numpy 1.23), and can reach any backend the way the runner runs it, in a pro
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from typing import Any
@@ -25,23 +26,29 @@ def serve(backend_name: str) -> int:
             request = wire.receive(requests)
         except EOFError:
             return 0
+        closing = False
         try:
             method, kwargs = request["method"], request.get("kwargs", {})
             if method == "__init__":
                 backend_class = registry.load_class(backend_name)
                 model, train = ModelSpec(**kwargs["model"]), TrainSpec(**kwargs["train"])
                 backend = backend_class(model=model, train=train, threads=kwargs.get("threads"))
-                result: Any = {"version": backend_class.version(), "capabilities": backend.capabilities.__dict__}
+                reply: Any = {"ok": {"version": backend_class.version(), "capabilities": backend.capabilities.__dict__}}
             elif method == "__exit__":
-                wire.send(channel, {"ok": None})
-                return 0
+                reply, closing = {"ok": None}, True
             else:
                 if backend is None:
                     raise RuntimeError("call __init__ first")
-                result = getattr(backend, method)(**kwargs)
-            wire.send(channel, {"ok": result})
+                reply = {"ok": getattr(backend, method)(**kwargs)}
         except Exception as exc:
-            wire.send(channel, {"error": wire.one_line(exc), "traceback": traceback.format_exc()})
+            reply = {"error": wire.one_line(exc), "traceback": traceback.format_exc()}
+        try:
+            wire.send(channel, reply)
+        except BrokenPipeError:  # the client's process is gone (a signal ended it): nobody is left to answer
+            os.dup2(os.open(os.devnull, os.O_WRONLY), channel.fileno())  # so that the exit's flush is quiet too
+            return 0
+        if closing:
+            return 0
 
 
 def main(argv: list[str] | None = None) -> int:
