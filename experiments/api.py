@@ -213,7 +213,8 @@ def run(experiment: str = "d2l", *, backends: str | Iterable[str] | None = None,
         _remove_empty(made)  # a dry run writes nothing
         return None
     if progress:
-        print(f"{planned.name}: {planned.description}\ndata: {located}   results: {folder}   threads: {threads}   "
+        print(f"{planned.name}: {planned.description}\nsettings: {planned.settings_text()}\n"
+              f"data: {located}   results: {folder}   threads: {threads}   "
               f"executor: {options.executor}", file=sys.stderr)
     if argv is None:
         argv = [call_text(experiment, {"backends": _names(backends), "modes": modes, "seeds": seeds,

@@ -91,6 +91,25 @@ class Experiment:
         for variant in self.variants:  # building the specs validates every variant now, not in a worker later
             self.variant_specs(variant, seed=self.seeds[0], mode=self.modes[0])
 
+    def settings_text(self) -> str:
+        """The settings the jobs run with, as the user's flags left them; what a variant sets is named as such."""
+        model, train = self.base_model, self.base_train
+        varied = {name for v in self.variants for name in (*v.model, *v.train)}
+
+        def shown(field: str, text: str) -> str:
+            return f"{field} per variant" if field in varied else text
+
+        noise = "dropout" if model.noise == "dropout" else f"{model.noise} noise"
+        parts = [shown("hiddens", f"{'-'.join(map(str, model.layer_sizes))} MLP"), shown("impl", model.impl),
+                 shown("noise", noise), shown("dropouts", f"p ({', '.join(f'{p:g}' for p in model.dropouts)})"),
+                 shown("init", f"init {model.init}"), shown("lr", f"SGD lr {train.lr:g}"),
+                 shown("weight_decay", f"weight decay {train.weight_decay:g}"),
+                 shown("batch_size", f"batch {train.batch_size}"),
+                 shown("epochs", f"{train.epochs} epoch{'s' if train.epochs != 1 else ''}"),
+                 shown("train_limit", f"the first {train.train_limit:,} training images" if train.train_limit
+                       else "all training images")]
+        return ", ".join(parts)
+
     def variant_specs(self, variant: Variant, *, seed: int, mode: str) -> tuple[ModelSpec, TrainSpec]:
         model = dataclasses.replace(self.base_model, **variant.model)
         train = dataclasses.replace(self.base_train, **variant.train, seed=seed, mode=mode)

@@ -183,6 +183,42 @@ def across_setups(run: Run) -> list[str]:
             + f"); the median over variants is {ranges.median():.2f} points. The sentences above are per backend.", ""]
 
 
+# The job settings the summary rows carry (``rundir.job_columns``' parameters), as the report names them.
+SETTINGS = {"dropouts": "dropouts", "hiddens": "hidden widths", "noise": "noise", "init": "init", "lr": "lr",
+            "weight_decay": "weight decay", "batch_size": "batch", "train_limit": "training images"}
+
+
+def _setting_values(summary: pd.DataFrame, column: str) -> list[str]:
+    if column == "dropouts":  # one column per hidden layer: dropout_1, dropout_2, ...
+        layers = [c for c in summary.columns if c.startswith("dropout_")]
+        rows = summary[layers].itertuples(index=False)
+        return list(dict.fromkeys(", ".join(f"{p:g}" for p in row if not pd.isna(p)) for row in rows))
+    shown = []
+    for value in summary[column]:
+        if pd.isna(value):
+            shown.append("all" if column == "train_limit" else "-")
+        elif column == "train_limit":
+            shown.append(f"the first {int(value):,}")
+        else:
+            shown.append(f"{value:g}" if isinstance(value, float) else str(value))
+    return list(dict.fromkeys(shown))
+
+
+def settings_line(summary: pd.DataFrame) -> str:
+    """What the jobs ran with, read from their rows: the settings common to every job, then those that differ."""
+    same, varied = [], []
+    for column, name in SETTINGS.items():
+        if column != "dropouts" and column not in summary or column == "dropouts" and not any(
+                c.startswith("dropout_") for c in summary.columns):
+            continue
+        values = _setting_values(summary, column)
+        (same if len(values) == 1 else varied).append(f"{name} {values[0]}" if len(values) == 1 else name)
+    if not same and not varied:
+        return ""
+    return ("settings: " + "; ".join(same) + (f"; differing between the jobs: {', '.join(varied)}" if varied else "")
+            + ".")
+
+
 def report_header(run: Run, description: str) -> list[str]:
     ok = run.ok
     lines = [f"# {run.experiment}", "", description, ""]
@@ -196,6 +232,9 @@ def report_header(run: Run, description: str) -> list[str]:
     facts.append(f"epochs: {int(run.summary['epochs'].max())}")
     facts.append(f"jobs finished: {len(ok)}/{len(run.summary)}")
     lines += ["; ".join(facts) + ".", ""]
+    settings = settings_line(run.summary)
+    if settings:
+        lines += [settings, ""]
     limit = run.summary["train_limit"].dropna() if "train_limit" in run.summary else []
     if len(limit):
         lines += [f"**Smoke run:** trained on the first {int(limit.max()):,} training images only; these numbers "

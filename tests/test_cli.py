@@ -117,3 +117,23 @@ def test_gpu_training_without_a_gpu_is_one_line_before_any_worker(tmp_path):
     result = harness("--backend", "torch", "--device", "gpu", "--epochs", "1", "--out", str(tmp_path / "run"))
     assert_user_error(result, "--device gpu", "no NVIDIA GPU")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_run_and_its_report_name_the_settings_the_flags_gave(tmp_path):
+    """The d2l entry's description is D2L's recipe; the settings line under it is what the jobs really ran with."""
+    out = tmp_path / "run"
+    result = harness("--backend", "numpy", "--hiddens", "64", "--dropout", "0.3", "--lr", "0.05", "--epochs", "1",
+                     "--train-limit", "1000", "--threads", "1", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    settings = next(line for line in result.stderr.splitlines() if line.startswith("settings: "))
+    assert settings.startswith("settings: 784-64-10 MLP, concise, dropout, p (0.3), init shared, SGD lr 0.05")
+    assert "1 epoch, the first 1,000 training images" in settings
+    report = (out / "report.md").read_text()
+    assert "settings: dropouts 0.3; hidden widths 64; noise dropout; init shared; lr 0.05;" in report
+
+
+def test_an_experiments_settings_say_what_its_variants_set():
+    from experiments.catalog import build
+
+    text = build("dropout-swap", backends=["numpy"], train_overrides={"epochs": 3}).settings_text()
+    assert "dropouts per variant" in text and "3 epochs" in text and "784-256-256-10 MLP" in text

@@ -129,5 +129,6 @@ def d2l(run: Run) -> list[str]:
     return learning_curves_section(run) + runs_section(run, "Side by side") + agreement_section(run) + time_section(run)
 
 
-ENTRY = Entry("d2l", "the section's run: 784-256-256-10 MLP, dropout (0.5, 0.5), SGD lr 0.1, batch 256, 10 epochs",
+ENTRY = Entry("d2l", "the section's run: D2L's recipe unless flags change it (784-256-256-10 MLP, dropout (0.5, 0.5), "
+              "SGD lr 0.1, batch 256, 10 epochs)",
               number=0, analysis=d2l)
