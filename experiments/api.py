@@ -219,19 +219,17 @@ def run(experiment: str = "d2l", *, backends: str | Iterable[str] | None = None,
     if argv is None:
         argv = [call_text(experiment, {"backends": _names(backends), "modes": modes, "seeds": seeds,
                                        **overrides})]
+    interrupted = False
     try:
         run_experiment(planned, options, argv=argv)
     except RunInterrupted as stop:
-        stop.out = folder  # where to resume
-        report.write(planned.name, folder)  # an interrupted run gets its report too, for what finished
+        stop.out, interrupted = folder, True  # where to resume
         raise
-    except Exception:
-        if made and not any(folder.iterdir()):  # refused before a job started (an address that is no Ray head)
+    finally:  # an interrupted or failed run gets its report too, for what finished
+        if made and not interrupted and not any(folder.iterdir()):  # refused before a job started: leave nothing
             _remove_empty(made)
         else:
             report.write(planned.name, folder)
-        raise
-    report.write(planned.name, folder)
     return load(folder)
 
 

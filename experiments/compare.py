@@ -12,7 +12,8 @@ import pandas as pd
 from scipy.stats import mannwhitneyu
 
 from experiments.options import UsageError
-from experiments.rundir import KEY_COLUMNS
+from experiments.results import dropout_columns, setting_value
+from experiments.rundir import KEY_COLUMNS, SETTING_COLUMNS
 from experiments.stats import Stat, describe, paired, steady_epochs
 
 ALPHA = 0.05  # significance level of the time test
@@ -84,30 +85,16 @@ def environment_differences(a: Run, b: Run) -> list[tuple[str, Any, Any]]:
             if left.get(key) != right.get(key)]
 
 
-# The job settings every summary and epoch row carries (``rundir.job_columns``' parameters); dropout_<i> by prefix.
-SETTING_COLUMNS = ["experiment", "device", "noise", "hiddens", "init", "lr", "weight_decay", "batch_size", "epochs",
-                   "train_limit"]
-
-
-def _setting(value: Any) -> Any:
-    """A setting as read back from CSV: None where unset, whole numbers as integers (a column with an empty cell
-    reads as floats: train_limit 2000.0)."""
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return None
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
 def setting_differences(a: Run, b: Run, shared: list[tuple]) -> list[tuple[str, Any, Any]]:
     """(setting, A's values, B's values) for every job setting that differs between the shared jobs of A and B:
     a comparison of lr 0.1 against lr 0.2 is no like-for-like timing, and the reader must see it."""
-    dropouts = sorted({c for c in [*a.jobs.columns, *b.jobs.columns] if c.startswith("dropout_")})
-    columns = [c for c in SETTING_COLUMNS[:3] + dropouts + SETTING_COLUMNS[3:]
-               if c in a.jobs.columns or c in b.jobs.columns]
+    present = {*a.jobs.columns, *b.jobs.columns}
+    columns = [c for c in SETTING_COLUMNS[:3] + dropout_columns(present) + SETTING_COLUMNS[3:] if c in present]
     rows_a = {_key(r): r for _, r in a.jobs.iterrows()}
     rows_b = {_key(r): r for _, r in b.jobs.iterrows()}
     differences = []
     for column in columns:
-        pairs = [(_setting(rows_a[k].get(column)), _setting(rows_b[k].get(column))) for k in shared]
+        pairs = [(setting_value(rows_a[k].get(column)), setting_value(rows_b[k].get(column))) for k in shared]
         if any(left != right for left, right in pairs):
             left = ", ".join(str(x) for x in dict.fromkeys(x for x, _ in pairs))  # None: unset (train_limit: all)
             right = ", ".join(str(y) for y in dict.fromkeys(y for _, y in pairs))

@@ -10,6 +10,19 @@ import pandas as pd
 SETUP = ["backend", "impl", "mode"]
 
 
+def dropout_columns(columns) -> list[str]:
+    """The per-layer dropout_<i> columns among ``columns``, by layer."""
+    return sorted((c for c in columns if c.startswith("dropout_") and c[8:].isdigit()), key=lambda c: int(c[8:]))
+
+
+def setting_value(value: Any) -> Any:
+    """A job setting as read back from CSV: None where unset (an empty cell), whole numbers as integers (a column
+    with an empty cell reads as floats: train_limit 2000.0)."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 class Run:
     """One run folder read back: the summary, the extra tables, meta.json."""
 

@@ -40,6 +40,11 @@ def row_identity(row: dict[str, Any]) -> tuple[str, ...]:
     return tuple(str(row.get(name, "")) for name in IDENTITY_COLUMNS)
 
 
+# ``job_columns``' parameters but the per-layer dropout_<i>: the settings every summary and epoch row carries.
+SETTING_COLUMNS = ["experiment", "device", "noise", "hiddens", "init", "lr", "weight_decay", "batch_size", "epochs",
+                   "train_limit"]
+
+
 def job_columns(job: Job) -> dict[str, Any]:
     """The job's keys, then the variant's parameters, so that every row can be grouped without a join."""
     columns: dict[str, Any] = {"backend": job.backend, "impl": job.model.impl, "mode": job.train.mode,

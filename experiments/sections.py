@@ -14,7 +14,7 @@ import pandas as pd
 
 from backends.contract.spec import NOISE_KINDS
 from experiments.plots import curve_plot, image_link, learning_curves, points_plot
-from experiments.results import Run
+from experiments.results import Run, dropout_columns, setting_value
 from experiments.stats import describe, fmt_stat, paired, stat
 
 NOISE_RULE = ("Differences are paired by seed (the same seed gives the same initial weights and batch order in "
@@ -183,35 +183,30 @@ def across_setups(run: Run) -> list[str]:
             + f"); the median over variants is {ranges.median():.2f} points. The sentences above are per backend.", ""]
 
 
-# The job settings the summary rows carry (``rundir.job_columns``' parameters), as the report names them.
+# How the report names the job settings the summary rows carry (``rundir.SETTING_COLUMNS``, the dropouts as one).
 SETTINGS = {"dropouts": "dropouts", "hiddens": "hidden widths", "noise": "noise", "init": "init", "lr": "lr",
             "weight_decay": "weight decay", "batch_size": "batch", "train_limit": "training images"}
 
 
-def _setting_values(summary: pd.DataFrame, column: str) -> list[str]:
-    if column == "dropouts":  # one column per hidden layer: dropout_1, dropout_2, ...
-        layers = [c for c in summary.columns if c.startswith("dropout_")]
-        rows = summary[layers].itertuples(index=False)
-        return list(dict.fromkeys(", ".join(f"{p:g}" for p in row if not pd.isna(p)) for row in rows))
-    shown = []
-    for value in summary[column]:
-        if pd.isna(value):
-            shown.append("all" if column == "train_limit" else "-")
-        elif column == "train_limit":
-            shown.append(f"the first {int(value):,}")
-        else:
-            shown.append(f"{value:g}" if isinstance(value, float) else str(value))
-    return list(dict.fromkeys(shown))
+def _shown_setting(column: str, value: Any) -> str:
+    if column == "train_limit":
+        return "all" if value is None else f"the first {value:,}"
+    return "-" if value is None else (f"{value:g}" if isinstance(value, float) else str(value))
 
 
 def settings_line(summary: pd.DataFrame) -> str:
     """What the jobs ran with, read from their rows: the settings common to every job, then those that differ."""
+    layers = dropout_columns(summary.columns)
     same, varied = [], []
     for column, name in SETTINGS.items():
-        if column != "dropouts" and column not in summary or column == "dropouts" and not any(
-                c.startswith("dropout_") for c in summary.columns):
+        if column == "dropouts" and layers:
+            shown = [", ".join(f"{p:g}" for p in row if setting_value(p) is not None)
+                     for row in summary[layers].itertuples(index=False)]
+        elif column in summary:
+            shown = [_shown_setting(column, setting_value(v)) for v in summary[column]]
+        else:
             continue
-        values = _setting_values(summary, column)
+        values = list(dict.fromkeys(shown))
         (same if len(values) == 1 else varied).append(f"{name} {values[0]}" if len(values) == 1 else name)
     if not same and not varied:
         return ""

@@ -75,7 +75,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     check_ray_address(args.executor, args.ray_address)
     out = args.out or Path("results") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     scaling = len(batches) > 1
-    split_at = min(batches, key=lambda b: abs(math.log(b / BATCH_SIZE)))  # the breakdown's: 256 or the nearest
+    def nearest_default(sizes):  # the breakdown's size: 256 or the nearest
+        return min(sizes, key=lambda b: abs(math.log(b / BATCH_SIZE)))
+
+    split_at = nearest_default(batches)
 
     results = []
     for b in batches:
@@ -85,7 +88,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             break
     interrupted = results[-1].interrupted
     if interrupted:
-        split_at = min((r.batch for r in results), key=lambda b: abs(math.log(b / BATCH_SIZE)))
+        split_at = nearest_default([r.batch for r in results])
 
     rows = scaling_rows(results)
     fitted = len(results) > 1  # the sizes that ran: all of them unless interrupted

@@ -90,9 +90,7 @@ class RayExecutor:
     def __init__(self, *, address: str | None, threads: int, all_cpus_of_node: bool = False) -> None:
         # Tasks import this project on every node from the same path as here (the README's cluster section).
         runtime_env = {"env_vars": {"PYTHONPATH": str(registry.PROJECT_ROOT), "RAY_USAGE_STATS_ENABLED": "0"}}
-        if address:
-            reachable(address)
-        try:
+        try:  # the address was checked by the command before the run's folder was made (check_ray_address)
             if address:
                 ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
             else:  # a Ray instance of this run alone, stopped by shutdown()
