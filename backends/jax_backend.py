@@ -449,6 +449,20 @@ class Backend(contract.Backend):
                                                   ("cublas", "cuBLAS")) if marker in text), "Eigen")
         return f"XLA {library}", lambda: product(a, b).block_until_ready()
 
+    def gemm_step_probe(self, *, products):
+        """``products`` as one jitted function (XLA folds each transpose into its dot's dimension numbers, as in
+        the training step), so that one dispatch serves them all."""
+        rng = np.random.default_rng(0)
+        flags = [(bool(p["ta"]), bool(p["tb"])) for p in products]
+        operands = [(self._put(rng.standard_normal((p["k"], p["m"]) if p["ta"] else (p["m"], p["k"])), np.float32),
+                     self._put(rng.standard_normal((p["n"], p["k"]) if p["tb"] else (p["k"], p["n"])), np.float32))
+                    for p in products]
+
+        @jax.jit
+        def gemms(pairs):
+            return [(a.T if ta else a) @ (b.T if tb else b) for (a, b), (ta, tb) in zip(pairs, flags)]
+        return lambda: jax.block_until_ready(gemms(operands))
+
     def noise_probe(self, *, batch_size: int):
         """Flax's nn.Dropout on every hidden layer's (batch, width) array, jitted alone (threefry bits, a compare,
         a select). Inside the training step XLA fuses the same work into the step's other kernels, where it can

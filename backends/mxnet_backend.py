@@ -597,6 +597,25 @@ class Backend(contract.Backend):
             out.wait_to_read()
         return library, product
 
+    def gemm_step_probe(self, *, products):
+        """``products`` as FullyConnected operators (the library the step's layers run), each an m x k data and an
+        n x k weight (FullyConnected's own layout, whatever the transposes the floor's operands have), bound once as
+        one symbol group so that one ``forward`` runs them all."""
+        rng = onp.random.default_rng(0)
+        outputs, arrays = [], {}
+        for i, p in enumerate(products):
+            outputs.append(mx.sym.FullyConnected(mx.sym.var(f"x{i}"), mx.sym.var(f"w{i}"), no_bias=True,
+                                                 num_hidden=p["n"]))
+            arrays[f"x{i}"] = mx.nd.array(rng.standard_normal((p["m"], p["k"])), ctx=_CTX, dtype="float32")
+            arrays[f"w{i}"] = mx.nd.array(rng.standard_normal((p["n"], p["k"])), ctx=_CTX, dtype="float32")
+        executor = mx.sym.Group(outputs).bind(_CTX, arrays, grad_req="null")
+
+        def run():
+            executor.forward(is_train=False)
+            mx.nd.waitall()
+            return executor.outputs
+        return run
+
     def noise_probe(self, *, batch_size: int):
         """Gluon's Dropout (MXNet's global generator, which the backend reseeds before each of its own draws) on
         every hidden layer's (batch, width) array in training mode, hybridized in compiled mode."""

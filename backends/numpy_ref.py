@@ -190,6 +190,22 @@ class Backend(contract.Backend):
             library = "NumPy's BLAS (threadpoolctl not installed to name it)"
         return library or "NumPy's BLAS", lambda: np.matmul(a, b, out=c)
 
+    def gemm_step_probe(self, *, products):
+        """``products`` through NumPy's ``matmul`` (its BLAS), transposed operands as transposed views: the floor's
+        own calls, one after another instead of each repeated."""
+        rng = np.random.default_rng(0)
+        operands = []
+        for p in products:
+            a = rng.standard_normal((p["k"], p["m"]) if p["ta"] else (p["m"], p["k"])).astype(self.dtype)
+            b = rng.standard_normal((p["n"], p["k"]) if p["tb"] else (p["k"], p["n"])).astype(self.dtype)
+            operands.append((a.T if p["ta"] else a, b.T if p["tb"] else b, np.empty((p["m"], p["n"]), self.dtype)))
+
+        def run():
+            for a, b, c in operands:
+                np.matmul(a, b, out=c)
+            return [c for _, _, c in operands]
+        return run
+
     def noise_probe(self, *, batch_size: int):
         """The fused step's native dropout: PCG64 words against the integer threshold, the multiplier, the product."""
         rng = np.random.default_rng(0)

@@ -214,6 +214,21 @@ class Backend(contract.Backend):
             library = "oneDNN (TF MatMul)" if onednn else "Eigen (TF MatMul)"
         return library, lambda: product(a, b).numpy()
 
+    def gemm_step_probe(self, *, products):
+        """``products`` as ``tf.linalg.matmul`` calls with ``transpose_a``/``transpose_b``, as this mode runs them:
+        one XLA program in compiled mode with more than one thread, one ``tf.function`` graph otherwise in compiled
+        mode, op by op in eager mode (TF's MatMul kernel either way)."""
+        rng = np.random.default_rng(0)
+        flags = [(bool(p["ta"]), bool(p["tb"])) for p in products]
+        operands = [(tf.constant(rng.standard_normal((p["k"], p["m"]) if p["ta"] else (p["m"], p["k"])), tf.float32),
+                     tf.constant(rng.standard_normal((p["n"], p["k"]) if p["tb"] else (p["k"], p["n"])), tf.float32))
+                    for p in products]
+
+        def gemms():
+            return [tf.linalg.matmul(a, b, transpose_a=ta, transpose_b=tb) for (a, b), (ta, tb) in zip(operands, flags)]
+        run = (tf.function(gemms, jit_compile=_use_xla()) if self.compiled else gemms)
+        return lambda: [t.numpy() for t in run()]
+
     def noise_probe(self, *, batch_size: int):
         """Keras' Dropout (stateless Philox from its SeedGenerator) on every hidden layer's (batch, width) array, as
         this mode runs it: under XLA in compiled mode (more than one thread), else TF's own kernels. Fresh layers:

@@ -486,6 +486,27 @@ class Backend(contract.Backend):
                      part.startswith("BLAS_INFO=")), "unknown")
         return f"{'MKL' if blas == 'mkl' else blas} (aten::mm; BLAS_INFO={blas})", lambda: torch.mm(a, b, out=c)
 
+    def gemm_step_probe(self, *, products):
+        """``products`` as ``torch.mm(..., out=)`` calls (aten::mm; a transposed operand is a transposed view, which
+        the BLAS reads with its transpose flag, as autograd's mm backward hands it)."""
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(0)
+        operands = []
+        for p in products:
+            a = torch.randn((p["k"], p["m"]) if p["ta"] else (p["m"], p["k"]), generator=generator,
+                            device=self.device)
+            b = torch.randn((p["n"], p["k"]) if p["tb"] else (p["k"], p["n"]), generator=generator,
+                            device=self.device)
+            operands.append((a.t() if p["ta"] else a, b.t() if p["tb"] else b,
+                             torch.empty((p["m"], p["n"]), device=self.device)))
+
+        def run():
+            for a, b, c in operands:
+                torch.mm(a, b, out=c)
+            self.synchronize()
+            return [c for _, _, c in operands]
+        return run
+
     def noise_probe(self, *, batch_size: int):
         """nn.Dropout as this mode's step makes it: eager ``bernoulli_``; compiled on the CPU the lowering of
         ``_cpu_inductor`` (eager ``torch.rand`` and a compare; the product is fused into the step's kernels and is

@@ -24,6 +24,7 @@ from backends.contract import EpochBatches, Stopwatch, shared_init
 from backends.remote import wire
 from experiments import data as data_module
 from experiments import probes as probe_module
+from experiments.bench.floor import step_gemms
 from experiments.plan import Job
 
 Emit = Callable[[dict[str, Any]], None]
@@ -91,6 +92,19 @@ def gemm_rate(backend, m: int, k: int, n: int) -> dict[str, Any]:
     return {"library": library, "shape": [m, k, n], "seconds": median, "gflops": 2.0 * m * k * n / median / 1e9}
 
 
+def gemm_step_rate(backend, sizes, batch: int) -> dict[str, Any] | None:
+    """One training step's necessary GEMMs (the floor's products) through the backend's own matmul
+    (``gemm_step_probe``; bench runs): the median time of them all, one after another; None where the backend does
+    not say."""
+    products = [g for g in step_gemms(sizes, batch) if g["necessary"]]
+    probe = backend.gemm_step_probe(products=products) if hasattr(backend, "gemm_step_probe") else None
+    if probe is None:
+        return None
+    median = median_call_seconds(probe)
+    flops = sum(g["flops"] for g in products)
+    return {"seconds": median, "products": len(products), "flops": flops, "gflops": flops / median / 1e9}
+
+
 def noise_rate(backend, batch: int) -> dict[str, Any] | None:
     """What draws a backend's dropout and the time one step's draws take alone (``noise_probe``; bench runs);
     None where the backend does not say."""
@@ -127,6 +141,7 @@ def run_job(job_data: dict[str, Any], emit: Emit) -> None:
              "data_seconds": data_seconds, "build_seconds": build_seconds}
     if job_data.get("bench_timing") and hasattr(backend, "gemm_probe"):
         start["gemm"] = gemm_rate(backend, job.train.batch_size, *job.model.layer_sizes[:2])
+        start["gemm_step"] = gemm_step_rate(backend, job.model.layer_sizes, job.train.batch_size)
         if job.model.noise == "dropout" and any(0 < p < 1 for p in job.model.dropouts):
             start["noise"] = noise_rate(backend, job.train.batch_size)
     emit(start)

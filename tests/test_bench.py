@@ -5,6 +5,7 @@ ratio = median / floor, IQR >= 0, a harness share in [0, 1)).
 """
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -23,7 +24,25 @@ DOCUMENTED = ["backend", "mode", "device", "status", "error", "framework_version
               "samples_per_second", "eval_seconds", "peak_rss_mb", "harness_seconds", "harness_fraction",
               "floor_seconds", "ratio_to_floor", "floor_full_seconds", "ratio_to_full_floor", "peak_gflops",
               "floor_efficiency", "noise_off_seconds", "noise_seconds", "noise_draw_library", "noise_draw_seconds",
-              "gemm_library", "gemm_gflops"]
+              "gemm_library", "gemm_gflops", "framework_gemm_seconds", "framework_gemm_gflops",
+              "framework_gemm_to_floor"]
+
+# Run under each backend's own interpreter (MXNet's venv too): the shapes of what its gemm_step_probe computes.
+PROBE_SCRIPT = """
+import json, sys
+import numpy as np
+from backends import registry
+from backends.contract.spec import ModelSpec, TrainSpec
+from experiments.bench.floor import step_gemms
+name, mode = sys.argv[1], sys.argv[2]
+backend = registry.load_class(name)(model=ModelSpec(hiddens=(24, 16)), train=TrainSpec(mode=mode, batch_size=8),
+                                    threads=1)
+backend.build(seed=0)
+products = [g for g in step_gemms((784, 24, 16, 10), 8) if g["necessary"]]
+results = [np.asarray(r.asnumpy() if hasattr(r, "asnumpy") else r) for r in
+           backend.gemm_step_probe(products=products)()]
+print(json.dumps([list(r.shape) for r in results]))
+"""
 
 
 def test_flop_formula_equals_the_hand_count_for_the_d2l_mlp():
@@ -298,6 +317,25 @@ def test_a_scaling_run_writes_its_files_and_fits_every_backend_mode(tmp_path):
         loaded.plot()
 
 
+@pytest.mark.parametrize("mode", ["eager", "compiled"])
+def test_every_backends_gemm_step_probe_computes_the_floors_products(mode):
+    """The products the bench times through each framework are the floor's: one m x n result per necessary GEMM,
+    in order (a product with its operands the wrong way round, or one left out, fails here)."""
+    from tests.conftest import backends_under_test, require_backend
+
+    expected = [[g["m"], g["n"]] for g in bench_floor.step_gemms((784, 24, 16, 10), 8) if g["necessary"]]
+    for name in backends_under_test():
+        require_backend(name)
+        info = backends.resolve(name)
+        if mode not in info.modes:
+            continue
+        result = subprocess.run([info.interpreter, "-c", PROBE_SCRIPT, name, mode], capture_output=True, text=True,
+                                cwd=backends.PROJECT_ROOT, timeout=300,
+                                env={**os.environ, "PYTHONPATH": str(backends.PROJECT_ROOT)})
+        assert result.returncode == 0, (name, result.stderr[-2000:])
+        assert json.loads(result.stdout.strip().splitlines()[-1]) == expected, name
+
+
 def test_every_backend_reports_its_gemm_library_and_rate(tmp_path):
     from tests.conftest import backends_under_test, require_backend
 
@@ -315,6 +353,11 @@ def test_every_backend_reports_its_gemm_library_and_rate(tmp_path):
         assert row["status"] == "ok" and row["gemm_library"], (name, row["error"])
         assert float(row["gemm_gflops"]) > 0, name
         assert row["noise_draw_library"] and float(row["noise_draw_seconds"]) > 0, name  # its dropout, alone
+        # the step's necessary GEMMs through the framework: rate, epoch seconds and floor ratio agree
+        seconds, n_train = float(row["framework_gemm_seconds"]), int(row["n_train"])
+        flops = bench_floor.epoch_flops((784, 256, 256, 10), n_train)
+        assert seconds > 0 and flops / seconds / 1e9 == pytest.approx(float(row["framework_gemm_gflops"]), rel=1e-6)
+        assert float(row["framework_gemm_to_floor"]) == pytest.approx(seconds / float(row["floor_seconds"]), rel=1e-6)
     meta = json.loads((out / "meta.json").read_text())
     assert all(meta["gemm_libraries"][f"{n} eager"]["shape"] == [256, 784, 256] for n in names)
     assert not (out / "summary.csv").read_text().count("noise-off")  # --no-noise-off: no twins

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -156,6 +156,17 @@ class Backend(abc.ABC):
 
     def synchronize(self) -> None:
         """Wait until queued device work is done; every timer is preceded by this. Host-only backends do nothing."""
+
+    def gemm_step_probe(self, *, products: Sequence[Mapping[str, Any]]):
+        """A callable that computes every product of ``products`` once through this backend's float32 matmul, in
+        this mode, and returns once they are done; None where the backend does not say. Each product is a mapping
+        with ``m``, ``k``, ``n`` (an m x k @ k x n product) and ``ta``/``tb`` (that operand is the transpose of the
+        array the framework holds, as in the training step); the callable returns the m x n results, in order,
+        as the framework's arrays. The operands are made once, outside the callable;
+        where the framework has a compiled program (a jitted function, a bound graph), the products are one
+        program, so that what is timed is the GEMM library and not the per-call dispatch. For the bench's start
+        event: the step's necessary GEMMs through the framework, beside the floor's through NumPy's BLAS."""
+        return None
 
     def noise_probe(self, *, batch_size: int):
         """(what draws it, a callable): one training step's dropout noise made alone, the way this backend's

@@ -18,7 +18,8 @@ from typing import Any
 
 BREAKDOWN_COLUMNS = ["backend", "mode", "batch_size", "epoch_seconds", "floor_seconds", "noise_seconds",
                      "fixed_seconds", "rest_seconds", "fixed_measured", "noise_measured", "noise_off_seconds", "t0_us", "k",
-                     "noise_draw_library", "noise_draw_seconds", "gemm_library", "gemm_gflops", "blas_gemm_gflops"]
+                     "noise_draw_library", "noise_draw_seconds", "gemm_library", "gemm_gflops", "blas_gemm_gflops",
+                     "framework_gemm_seconds", "framework_gemm_to_floor"]
 PARTS = (("floor_seconds", "floor (necessary GEMMs)", "#4c72b0"), ("noise_seconds", "noise", "#dd8452"),
          ("fixed_seconds", "fixed per step (t0 x steps)", "#55a868"), ("rest_seconds", "the rest", "#8c8c8c"))
 
@@ -40,7 +41,8 @@ def decompose(row: dict[str, Any], n_train: int, fit: dict[str, Any] | None,
             "t0_us": fit["t0_seconds"] * 1e6 if fit else None, "k": fit["k"] if fit else None,
             "noise_draw_library": row.get("noise_draw_library"), "noise_draw_seconds": row.get("noise_draw_seconds"),
             "gemm_library": row.get("gemm_library"), "gemm_gflops": row.get("gemm_gflops"),
-            "blas_gemm_gflops": blas_gflops}
+            "blas_gemm_gflops": blas_gflops, "framework_gemm_seconds": row.get("framework_gemm_seconds"),
+            "framework_gemm_to_floor": row.get("framework_gemm_to_floor")}
 
 
 def breakdown_rows(rows: list[dict[str, Any]], n_train: int, fits: dict[tuple[str, str], dict[str, Any]],
@@ -74,10 +76,15 @@ def breakdown_lines(parts: list[dict[str, Any]], batch: int, peak: float | None)
              f"machine compare them with care){f'; peak sgemm here: {peak:.0f} GFLOP/s' if peak else ''}. "
              "Dropout alone: the framework's dropout of one step (every hidden layer's mask drawn and applied), "
              "timed alone in the worker on a generator of its own, times the epoch's steps: what its noise kernel "
-             "costs, beside what the noise costs inside the epoch.", "",
+             "costs, beside what the noise costs inside the epoch. GEMMs alone: the step's necessary products "
+             "(the floor's) through the framework's own matmul, one after another in one call (one program where "
+             "the mode compiles), in the worker, times the steps, and that over the floor: where it is well above "
+             "1, the framework's GEMM library is slower than NumPy's BLAS on these shapes. Not a part of the sum; "
+             "under XLA the same dots ran faster inside the training step than alone, so there it is an upper "
+             "bound.", "",
              "| backend | mode | epoch s | floor | noise | fixed | rest | dropout alone | dropout kernel | "
-             "GEMM library | GEMM GFLOP/s | BLAS GFLOP/s |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: |"]
+             "GEMM library | GEMM GFLOP/s | BLAS GFLOP/s | GEMMs alone s | GEMMs alone x floor |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |"]
     for p in parts:
         def share(key: str, measured: bool = True) -> str:
             return _cell(p[key], ".3f", measured) + (f" ({p[key] / p['epoch_seconds']:.0%})" if measured else "")
@@ -85,7 +92,8 @@ def breakdown_lines(parts: list[dict[str, Any]], batch: int, peak: float | None)
                      f"{share('noise_seconds', p['noise_measured'])} | {share('fixed_seconds', p['fixed_measured'])} | "
                      f"{share('rest_seconds')} | {_cell(p['noise_draw_seconds'], '.3f')} | "
                      f"{p['noise_draw_library'] or '-'} | {p['gemm_library'] or '-'} | "
-                     f"{_cell(p['gemm_gflops'], '.0f')} | {_cell(p['blas_gemm_gflops'], '.0f')} |")
+                     f"{_cell(p['gemm_gflops'], '.0f')} | {_cell(p['blas_gemm_gflops'], '.0f')} | "
+                     f"{_cell(p['framework_gemm_seconds'], '.3f')} | {_cell(p['framework_gemm_to_floor'], '.2f')} |")
     return lines + [""]
 
 

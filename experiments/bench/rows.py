@@ -12,7 +12,8 @@ COLUMNS = ["backend", "mode", "device", "status", "error", "framework_version", 
            "peak_rss_mb", "harness_seconds", "harness_fraction", "order_seconds", "gather_seconds",
            "floor_seconds", "ratio_to_floor", "floor_full_seconds", "ratio_to_full_floor", "peak_gflops",
            "floor_efficiency", "noise_off_seconds", "noise_seconds", "noise_draw_library", "noise_draw_seconds",
-           "gemm_library", "gemm_gflops", "final_val_acc",
+           "gemm_library", "gemm_gflops", "framework_gemm_seconds", "framework_gemm_gflops",
+           "framework_gemm_to_floor", "final_val_acc",
            "n_train", "batch_size", "hiddens"]
 
 
@@ -66,6 +67,12 @@ def bench_row(*, backend: str, mode: str, device: str, threads: int, summary: di
         if noise_draw.get("seconds") is not None:  # one step's draws alone, times the floor's steps
             row["noise_draw_seconds"] = noise_draw["seconds"] * epochs[0]["n_train"] / batch
         row["n_train"] = epochs[0]["n_train"]
+        gemm_step = (start or {}).get("gemm_step") or {}
+        if gemm_step.get("seconds"):  # one step's necessary GEMMs through the framework, alone, times the steps
+            row["framework_gemm_seconds"] = gemm_step["seconds"] * epochs[0]["n_train"] / batch
+            row["framework_gemm_gflops"] = gemm_step["gflops"]
+            if floor:
+                row["framework_gemm_to_floor"] = row["framework_gemm_seconds"] / floor
         row["final_val_acc"] = epochs[-1]["val_acc"]
         row["eval_seconds"] = statistics.median(e["eval_seconds"] for e in epochs)
     measured = steady_epochs([e["epoch_seconds"] for e in epochs])
