@@ -294,6 +294,11 @@ def test_a_scaling_run_writes_its_files_and_fits_every_backend_mode(tmp_path):
     for r in rows:  # the floor is measured at each size, at the chosen widths
         assert float(r["step_seconds"]) == pytest.approx(float(r["steady_median_seconds"]) / (1024 / int(r["batch_size"])))
         assert float(r["fit_step_seconds"]) == pytest.approx(float(r["step_seconds"]) * (1 + float(r["fit_residual"])))
+        # the framework's own GEMMs of a step at this size and width: rate and seconds agree, and so does the ratio
+        flops = bench_floor.epoch_flops((784, 32, 16, 10), 1024)
+        assert flops / float(r["framework_gemm_seconds"]) / 1e9 == pytest.approx(float(r["framework_gemm_gflops"]))
+        assert float(r["framework_gemm_to_floor"]) == pytest.approx(float(r["framework_gemm_seconds"])
+                                                                    / float(r["floor_seconds"]))
     meta = json.loads((out / "batch-64" / "meta.json").read_text())
     assert meta["floor"]["sizes"] == [784, 32, 16, 10] and meta["floor"]["batch"] == 64
     summary = read_csv(out / "batch-256" / "summary.csv")  # the noise-off twin runs at batch 256 only

@@ -17,7 +17,8 @@ from experiments.bench.output import fmt
 SCALING_COLUMNS = ["backend", "mode", "batch_size", "hiddens", "status", "steady_median_seconds", "floor_seconds",
                    "ratio_to_floor", "floor_full_seconds", "ratio_to_full_floor", "samples_per_second", "steps",
                    "step_seconds", "floor_step_seconds", "fit_step_seconds", "fit_residual", "peak_gflops",
-                   "floor_efficiency", "n_train"]
+                   "floor_efficiency", "framework_gemm_seconds", "framework_gemm_gflops", "framework_gemm_to_floor",
+                   "n_train"]
 
 
 def fit_step_times(gemm_seconds: Sequence[float], step_seconds: Sequence[float]) -> dict[str, Any] | None:
