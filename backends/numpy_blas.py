@@ -13,8 +13,10 @@ Operands are NumPy arrays that are C-contiguous or transposed views of C-contigu
 from __future__ import annotations
 
 import ctypes
+import functools
 import glob
 import os
+from typing import Callable
 
 import numpy as np
 
@@ -93,3 +95,22 @@ def gemm(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, c: np.ndarray,
     trans_b, ldb = _operand(b)
     found[0](_ROW_MAJOR, trans_a, trans_b, m, n, k, alpha, a.ctypes.data, lda, b.ctypes.data, ldb, beta,
              c.ctypes.data, n)
+
+
+def bind(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, c: np.ndarray) -> Callable[[], None]:
+    """``gemm(alpha, a, b, beta, c)`` with its arguments bound now, to be called again and again: where the BLAS is
+    found, the CBLAS call itself with the arrays' addresses taken once (``gemm``'s checks and three ``.ctypes``
+    lookups cost about 4 µs a call, against 1.6 for the call). The arrays must stay alive and in place for as long
+    as the bound call is used."""
+    m, k = a.shape
+    n = b.shape[1]
+    if b.shape[0] != k or c.shape != (m, n) or not a.dtype == b.dtype == c.dtype:
+        raise ValueError(f"gemm shapes or dtypes disagree: {a.shape} {a.dtype} @ {b.shape} {b.dtype} -> "
+                         f"{c.shape} {c.dtype}")
+    found = _cblas_gemm(c.dtype)
+    if found is None or not c.flags.c_contiguous:
+        return functools.partial(gemm, alpha, a, b, beta, c)
+    trans_a, lda = _operand(a)
+    trans_b, ldb = _operand(b)
+    return functools.partial(found[0], _ROW_MAJOR, trans_a, trans_b, m, n, k, alpha, a.ctypes.data, lda,
+                             b.ctypes.data, ldb, beta, c.ctypes.data, n)

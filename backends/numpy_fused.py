@@ -14,7 +14,9 @@ changes is where the arithmetic happens:
   in the same order, that ``Generator.random(dtype=float32)`` turns into ``u = (w >> 8) / 2**24`` before
   ``u > p``, so the masks are bit for bit ``contract.draw_masks``' (``keep_threshold`` says why the threshold is
   exact), without the float conversion;
-- the logits are computed transposed, (classes, batch), so that the softmax reduces along contiguous rows.
+- the logits are computed transposed, (classes, batch), so that the softmax reduces along contiguous rows;
+- the step's eight products are CBLAS calls bound once to the batch buffer, the kernels and the workspace
+  (``numpy_blas.bind``, made again when one of those arrays is another one), not a ``gemm`` wrapper per call.
 
 Rounding differs from the unfused step at the last bit (other summation orders); the parity ladder holds this step
 to the float64 oracle, which keeps the plain code.
@@ -65,6 +67,9 @@ class Workspace:
         self.probs_t = np.empty((sizes[-1], batch), dtype)
         self.ones = np.ones(batch, dtype)
         self.columns = np.arange(batch)
+        self.bound_key: tuple | None = None  # what ``bound`` was made for (``_bound_gemms``)
+        self.bound_arrays: tuple = ()  # the arrays it points into, kept alive so that their ids and addresses hold
+        self.bound: dict = {}
 
 
 def draw_keep(rng: np.random.Generator, keep: np.ndarray, p: float) -> None:
@@ -98,6 +103,26 @@ def _layer_noise(backend, ws: Workspace, masks, native_dropout: bool) -> list[tu
     return backend._noise_terms(masks if masks is not None else backend._draw(len(ws.ones)))
 
 
+def _bound_gemms(ws: Workspace, x: np.ndarray, kernels: tuple, lr: float, decay_beta: float) -> dict:
+    """The step's products bound to this batch, the kernels and the workspace's buffers (``numpy_blas.bind``), made
+    again when any of them is another array than last time: ("forward", i), ("input grad", i) for i > 0 and
+    ("update", i), the same calls ``step`` would make with ``numpy_blas.gemm``."""
+    key = (x.ctypes.data, x.shape, x.strides, *map(id, kernels), lr, decay_beta)
+    if ws.bound_key == key:
+        return ws.bound
+    layers = len(kernels)
+    inputs = [x, *ws.h]
+    grads = [*ws.dh, ws.probs_t.T]  # dLoss/dZ of each layer, (batch, out)
+    bound = {("forward", i): numpy_blas.bind(1.0, inputs[i], kernels[i], 1.0, ws.z[i]) for i in range(layers - 1)}
+    bound["forward", layers - 1] = numpy_blas.bind(1.0, kernels[-1].T, inputs[-1].T, 1.0, ws.logits_t)
+    for i in range(layers):
+        if i > 0:  # with the kernel before this step's update
+            bound["input grad", i] = numpy_blas.bind(1.0, grads[i], kernels[i].T, 0.0, ws.dh[i - 1])
+        bound["update", i] = numpy_blas.bind(-lr, inputs[i].T, grads[i], decay_beta, kernels[i])
+    ws.bound_key, ws.bound_arrays, ws.bound = key, (x, kernels), bound
+    return bound
+
+
 def step(backend, ws: Workspace, x: np.ndarray, y: np.ndarray, masks, *, native_dropout: bool) -> tuple[float, int]:
     """One SGD step of ``backend`` (a float32 ``numpy_ref.Backend``) on a batch: (mean loss, correct count).
     ``native_dropout``: draw dropout's keep masks from the backend's stream here (masks is None, noise dropout, and
@@ -106,11 +131,12 @@ def step(backend, ws: Workspace, x: np.ndarray, y: np.ndarray, masks, *, native_
     lr = float(backend.train.lr)
     decay_beta = 1.0 - lr * float(backend.train.weight_decay)
     noise = _layer_noise(backend, ws, masks, native_dropout)
+    gemms = _bound_gemms(ws, x, tuple(params[f"dense_{i}/kernel"] for i in range(layers)), lr, decay_beta)
     inputs = [x]
     for i in range(layers - 1):
         z = ws.z[i]
         z[...] = params[f"dense_{i}/bias"]
-        numpy_blas.gemm(1.0, inputs[-1], params[f"dense_{i}/kernel"], 1.0, z)
+        gemms["forward", i]()
         positive, multiplier = ws.positive[i], ws.multiplier[i]
         np.greater(z, 0, out=positive)
         factor, offset = noise[i]
@@ -126,10 +152,9 @@ def step(backend, ws: Workspace, x: np.ndarray, y: np.ndarray, masks, *, native_
             h += offset
         inputs.append(h)
 
-    kernel, bias = params[f"dense_{layers - 1}/kernel"], params[f"dense_{layers - 1}/bias"]
     logits = ws.logits_t
-    logits[...] = bias[:, None]
-    numpy_blas.gemm(1.0, kernel.T, inputs[-1].T, 1.0, logits)
+    logits[...] = params[f"dense_{layers - 1}/bias"][:, None]
+    gemms["forward", layers - 1]()
     columns = ws.columns[:len(y)]
     correct = int(np.count_nonzero(logits.argmax(axis=0) == y))
     logits -= logits.max(axis=0)
@@ -143,17 +168,16 @@ def step(backend, ws: Workspace, x: np.ndarray, y: np.ndarray, masks, *, native_
     grad = probs.T  # dLoss/dlogits, (batch, classes)
 
     for i in reversed(range(layers)):
-        kernel, bias = params[f"dense_{i}/kernel"], params[f"dense_{i}/bias"]
         bias_grad = ws.bias_grad[i]
         np.matmul(ws.ones, grad, out=bias_grad)
         bias_grad *= dtype(lr)
-        bias -= bias_grad
+        params[f"dense_{i}/bias"] -= bias_grad
         upstream = None
         if i > 0:
             upstream = ws.dh[i - 1]
-            numpy_blas.gemm(1.0, grad, kernel.T, 0.0, upstream)  # with the kernel before this step's update
+            gemms["input grad", i]()  # with the kernel before this step's update
             upstream *= ws.multiplier[i - 1]
-        numpy_blas.gemm(-lr, inputs[i].T, grad, decay_beta, kernel)
+        gemms["update", i]()
         grad = upstream
     return loss, correct
 

@@ -43,6 +43,26 @@ def test_fused_step_is_the_plain_step(noise, injected, weight_decay, batch, hidd
     assert _stream_position(fused.rng) == _stream_position(plain.rng)
 
 
+def test_fused_step_follows_new_batches_and_replaced_parameters():
+    """The fused step binds its products to the arrays it was given (``numpy_blas.bind``): a new batch array and
+    parameters replaced by ``set_params`` between steps must be what the next step reads and updates."""
+    model = ModelSpec(num_inputs=12, hiddens=(8, 6), num_outputs=5, dropouts=(0.2, 0.5))
+    rng = np.random.default_rng(4)
+    fused, plain = _pair(model, 0.01)
+    ulp = np.finfo(np.float32).eps
+    for step in range(4):
+        x, y = rng.random((16, 12), dtype=np.float32), rng.integers(0, 5, 16)  # a new array at every step
+        if step == 2:
+            new = {name: (value * 0.5).astype(np.float32) for name, value in plain.params.items()}
+            fused.set_params(params=new)
+            plain.set_params(params=new)
+        masks = contract.draw_masks(model, 16, rng)
+        assert fused._step(x, y, masks)[0] == pytest.approx(plain._step(x, y, masks)[0], rel=1e-6)
+        for name, value in plain.params.items():
+            np.testing.assert_allclose(fused.params[name], value, rtol=0, atol=4 * ulp * np.abs(value).max(),
+                                       err_msg=f"{name} after step {step}")
+
+
 def _stream_position(rng):
     """PCG64's state and whether half an output is buffered; the stale buffer word is kept only when it is used."""
     state = rng.bit_generator.state
@@ -105,5 +125,14 @@ def test_gemm_through_numpys_blas_and_its_fallback():
                 c = start.copy()
                 numpy_blas.gemm(1.0, a, b, 0.0, c)
                 np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
+                c = start.copy()
+                bound = numpy_blas.bind(-0.1, a, b, 0.9, c)  # the same product, its arguments bound once
+                bound()
+                np.testing.assert_allclose(c, expected, rtol=1e-5, atol=1e-5)
+                bound()  # called again: the update applied to what c holds now
+                np.testing.assert_allclose(c, 0.9 * expected - 0.1 * (a.astype(np.float64) @ b), rtol=1e-5,
+                                           atol=1e-5)
     with pytest.raises(ValueError, match="disagree"):
         numpy_blas.gemm(1.0, np.ones((2, 3), np.float32), np.ones((2, 3), np.float32), 0.0, np.ones((2, 3), np.float32))
+    with pytest.raises(ValueError, match="disagree"):
+        numpy_blas.bind(1.0, np.ones((2, 3), np.float32), np.ones((2, 3), np.float32), 0.0, np.ones((2, 3), np.float32))
