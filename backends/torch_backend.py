@@ -21,7 +21,8 @@ arguments (graph break), so in compiled mode the backend's own draws (scratch dr
 made eagerly just before the compiled call, with the same calls in the same order as eager mode; concise dropout is
 drawn inside the graph from the swapped-in default generator (on the CPU the graph is compiled with nn.Dropout's
 ``bernoulli_`` lowered to an eager ``torch.rand`` compared with 1 - p, see ``_cpu_inductor``: about three times cheaper
-than eager ``bernoulli_``; on CUDA inductor draws its own Philox numbers from the same generator). So compiled concise
+than eager ``bernoulli_``; at a keep probability j / 2**b, D2L's 1/2 among them, to b random bits an element, the same
+law from fewer words; on CUDA inductor draws its own Philox numbers from the same generator). So compiled concise
 masks differ from eager ones while staying seeded, isolated and fresh per step; injected masks agree exactly.
 """
 from __future__ import annotations
@@ -182,16 +183,57 @@ def sgd_update(params: list[torch.Tensor], grads: list[torch.Tensor], *, lr: flo
 # probability q = 1 - p as before, drawn from the same swapped-in default generator (so seeded by the backend's noise
 # seed, reproducible, isolated and fresh every step); the masks differ from eager nn.Dropout's (which uses
 # bernoulli_), as on CUDA. Cost: inductor's FX graph cache is bypassed for this backend (a cold compile per process).
+#
+# Where q is j / 2**b with j odd and b one of 1, 2, 4, 8 (D2L's dropout 0.5: q = 1/2, b = 1), ``rand < q`` needs only b
+# bits of each element's word: torch.rand's float32 u is (24 bits of an mt19937 word) / 2**24, and u < q holds exactly
+# when the top b of those 24 bits, read as an integer, are below j. So the graph takes b fresh bits an element from
+# ``random_()`` int64 words (32 // b elements a word: 63 uniform bits each, of which the low 32 are used) instead of a
+# word an element: the same law, exactly, from the same generator, at 1/32 of the words for dropout 0.5 (epoch 0.39 ->
+# 0.32 s here). Other rates keep ``rand < q``.
+_KEEP_BITS = (1, 2, 4, 8)
+
+
+def dyadic_keep(q: float) -> tuple[int, int] | None:
+    """(b, j) with q = j / 2**b, j odd and b in ``_KEEP_BITS``, for a q that float32 holds exactly; else None."""
+    if not 0.0 < q < 1.0 or float(np.float32(q)) != q:
+        return None
+    scaled = q * 2 ** 24
+    if scaled != int(scaled):
+        return None
+    j, b = int(scaled), 24
+    while j % 2 == 0:
+        j, b = j // 2, b - 1
+    return (b, j) if b in _KEEP_BITS else None
+
+
+def keep_mask_like(like: torch.Tensor, q: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A bool keep mask shaped like ``like``, each element kept with probability q: b random bits an element where
+    ``dyadic_keep(q)`` gives b, else ``rand < q``. From the default generator with functional ops (inside a graph),
+    or from ``generator`` (eager, the bench's probe)."""
+    dyadic = dyadic_keep(q)
+    if dyadic is None:
+        if generator is not None:
+            return torch.rand(like.shape, generator=generator, device=like.device) < q
+        return torch.rand_like(like, dtype=torch.float32) < q
+    bits, below = dyadic
+    count = like.numel()
+    words = torch.empty(-(-count // (32 // bits)), dtype=torch.int64, device=like.device)
+    words = words.random_(generator=generator) if generator is not None else torch.ops.aten.random.default(words)
+    shifts = torch.arange(0, 32, bits, dtype=torch.int64, device=like.device)
+    values = ((words.unsqueeze(1) >> shifts) & ((1 << bits) - 1)).flatten()[:count]
+    return (values < below).reshape(like.shape)
+
+
 def _bernoulli_via_rand(self, p=0.5, *, generator=None):
     if self.device.type != "cpu" or generator is not None or not isinstance(p, float):
         return NotImplemented
-    return self.copy_(torch.rand_like(self, dtype=torch.float32) < p)
+    return self.copy_(keep_mask_like(self, p))
 
 
 def _bernoulli_p_via_rand(self, p=0.5, *, generator=None):
     if self.device.type != "cpu" or generator is not None:
         return NotImplemented
-    return (torch.rand_like(self, dtype=torch.float32) < p).to(self.dtype)
+    return keep_mask_like(self, p).to(self.dtype)
 
 
 def _cpu_inductor(gm, example_inputs):
@@ -543,8 +585,9 @@ class Backend(contract.Backend):
 
     def noise_probe(self, *, batch_size: int):
         """nn.Dropout as this mode's step makes it: eager ``bernoulli_``; compiled on the CPU the lowering of
-        ``_cpu_inductor`` (eager ``torch.rand`` and a compare; the product is fused into the step's kernels and is
-        done eagerly here); on CUDA inductor's own Philox, measured here as eager ``bernoulli_``."""
+        ``_cpu_inductor`` (``keep_mask_like``: random bits or ``torch.rand``, and a compare; inside the step the
+        compare and the product are fused into its kernels, here they are eager ops); on CUDA inductor's own Philox,
+        measured here as eager ``bernoulli_``."""
         generator = torch.Generator(device=self.device)
         generator.manual_seed(0)
         shapes = [((batch_size, w), p) for w, p in zip(self.model.hiddens, self.model.dropouts) if 0 < p < 1]
@@ -554,12 +597,17 @@ class Backend(contract.Backend):
         def draw():
             for x, (shape, p) in zip(ones, shapes):
                 if lowered:
-                    keep = torch.rand(shape, generator=generator, device=self.device) < 1.0 - p
+                    keep = keep_mask_like(x, 1.0 - p, generator)
                 else:
                     keep = torch.empty(shape, device=self.device).bernoulli_(1.0 - p, generator=generator)
                 x * keep * (1.0 / (1.0 - p))
             self.synchronize()
-        how = "torch.rand < 1-p (mt19937)" if lowered else f"bernoulli_ ({self.device.type} generator)"
+        if lowered:
+            kinds = sorted({f"{dyadic_keep(1.0 - p)[0]} mt19937 bit(s) an element" if dyadic_keep(1.0 - p)
+                            else "torch.rand < 1-p (mt19937)" for _, p in shapes})
+            how = ", ".join(kinds)
+        else:
+            how = f"bernoulli_ ({self.device.type} generator)"
         return how, draw
 
     def set_matmul_precision(self, *, allow_tf32: bool) -> None:

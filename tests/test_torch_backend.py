@@ -211,11 +211,13 @@ def test_eager_and_compiled_agree():
     assert losses == compiled_native_losses(2) and len(set(losses)) == 3
 
 
-def test_compiled_cpu_dropout_keeps_the_law_and_the_seed():
+@pytest.mark.parametrize("p", [0.3, 0.5, 0.75])
+def test_compiled_cpu_dropout_keeps_the_law_and_the_seed(p):
     """Compiled mode on the CPU lowers nn.Dropout's bernoulli_ to ``rand < 1 - p`` (eager torch.rand inside the
-    graph): the masks differ from eager nn.Dropout's, but keep with probability 1 - p, scale by 1 / (1 - p), and
-    come from the default generator (seeded, fresh per call)."""
-    layer = torch.nn.Dropout(0.3)
+    graph), or at a dyadic keep probability (0.5, 0.25 here) to random bits: the masks differ from eager
+    nn.Dropout's, but keep with probability 1 - p, scale by 1 / (1 - p), and come from the default generator
+    (seeded, fresh per call)."""
+    layer = torch.nn.Dropout(p)
     step = torch.compile(lambda X: layer(X), backend=tb._cpu_inductor, dynamic=False)
     X = torch.ones(512, 256)
     torch.manual_seed(0)
@@ -223,6 +225,29 @@ def test_compiled_cpu_dropout_keeps_the_law_and_the_seed():
     torch.manual_seed(0)
     again = step(X)
     assert torch.equal(first, again) and not torch.equal(first, second)
-    np.testing.assert_allclose(first[first != 0].numpy(), 1 / 0.7, rtol=1e-6)
+    np.testing.assert_allclose(first[first != 0].numpy(), 1 / (1 - p), rtol=1e-6)
     kept = (first != 0).float().mean().item()
-    assert abs(kept - 0.7) < 4 * math.sqrt(0.7 * 0.3 / X.numel())
+    assert abs(kept - (1 - p)) < 4 * math.sqrt(p * (1 - p) / X.numel())
+
+
+def test_dyadic_keep_probabilities_take_that_many_bits():
+    assert tb.dyadic_keep(0.5) == (1, 1) and tb.dyadic_keep(0.25) == (2, 1) and tb.dyadic_keep(0.75) == (2, 3)
+    assert tb.dyadic_keep(3 / 16) == (4, 3) and tb.dyadic_keep(255 / 256) == (8, 255)
+    for q in (0.7, 0.8, 0.125, 1 / 3, 0.0, 1.0, 2 ** -30):  # not j / 2**b with b in 1, 2, 4, 8: rand < q
+        assert tb.dyadic_keep(q) is None, q
+
+
+@pytest.mark.parametrize("q", [0.5, 0.25, 0.75, 3 / 16, 0.7])
+def test_keep_masks_from_bits_have_the_law_of_rand_below_q(q):
+    """Bits or ``rand < q``: each element kept with probability q, neighbours independent (elements in one word
+    and across words: the pair (i, i + 1) kept with probability q**2), seeded by the generator."""
+    like = torch.empty(1000, 301)  # 301 001 elements: not a whole number of words at any b
+    generator = torch.Generator().manual_seed(7)
+    keep = tb.keep_mask_like(like, q, generator)
+    assert keep.shape == like.shape and keep.dtype == torch.bool
+    flat, n = keep.flatten().double(), like.numel()
+    assert abs(flat.mean().item() - q) < 4 * math.sqrt(q * (1 - q) / n)
+    pairs = (flat[:-1] * flat[1:]).mean().item()
+    assert abs(pairs - q * q) < 4 * math.sqrt(q * q * (1 - q * q) / (n - 1))
+    assert torch.equal(keep, tb.keep_mask_like(like, q, torch.Generator().manual_seed(7)))
+    assert not torch.equal(keep, tb.keep_mask_like(like, q, generator))
