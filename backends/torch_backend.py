@@ -188,8 +188,8 @@ def sgd_update(params: list[torch.Tensor], grads: list[torch.Tensor], *, lr: flo
 # bits of each element's word: torch.rand's float32 u is (24 bits of an mt19937 word) / 2**24, and u < q holds exactly
 # when the top b of those 24 bits, read as an integer, are below j. So the graph takes b fresh bits an element from
 # ``random_()`` int64 words (32 // b elements a word: 63 uniform bits each, of which the low 32 are used) instead of a
-# word an element: the same law, exactly, from the same generator, at 1/32 of the words for dropout 0.5 (epoch 0.39 ->
-# 0.32 s here). Other rates keep ``rand < q``.
+# word an element: the same law, exactly, from the same generator, at 1/32 of the words for dropout 0.5 (the README's
+# bench section has the measurement). Other rates keep ``rand < q``.
 _KEEP_BITS = (1, 2, 4, 8)
 
 
@@ -247,8 +247,8 @@ def _cpu_inductor(gm, example_inputs):
 
 
 _STEP_CODES: dict[tuple, types.CodeType] = {}
-# Consecutive full batches that compiled mode's train_epoch runs in one graph call: 0.40-0.41 against 0.43 s for the
-# 234 full steps of an epoch here (2 threads; 4 steps a call: 0.40, for twice the compile time).
+# Consecutive full batches that compiled mode's train_epoch runs in one graph call: two halve the per-call cost of a
+# step; four gained little more for twice the compile time (measured in the README's bench section).
 STEPS_PER_CALL = 2
 
 
