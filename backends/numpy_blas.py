@@ -99,9 +99,9 @@ def gemm(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, c: np.ndarray,
 
 def bind(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, c: np.ndarray) -> Callable[[], None]:
     """``gemm(alpha, a, b, beta, c)`` with its arguments bound now, to be called again and again: where the BLAS is
-    found, the CBLAS call itself with the arrays' addresses taken once (``gemm``'s checks and three ``.ctypes``
-    lookups cost about 4 µs a call, against 1.6 for the call). The arrays must stay alive and in place for as long
-    as the bound call is used."""
+    found, the CBLAS call itself with the arrays' addresses taken once, so that a call skips ``gemm``'s checks and
+    ``.ctypes`` lookups (which cost more than the call for the step's small products). The arrays must stay alive and
+    in place for as long as the bound call is used."""
     m, k = a.shape
     n = b.shape[1]
     if b.shape[0] != k or c.shape != (m, n) or not a.dtype == b.dtype == c.dtype:
