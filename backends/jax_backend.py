@@ -454,9 +454,8 @@ class Backend(contract.Backend):
         the training step), so that one dispatch serves them all."""
         rng = np.random.default_rng(0)
         flags = [(bool(p["ta"]), bool(p["tb"])) for p in products]
-        operands = [(self._put(rng.standard_normal((p["k"], p["m"]) if p["ta"] else (p["m"], p["k"])), np.float32),
-                     self._put(rng.standard_normal((p["n"], p["k"]) if p["tb"] else (p["k"], p["n"])), np.float32))
-                    for p in products]
+        operands = [tuple(self._put(rng.standard_normal(shape), np.float32)
+                          for shape in contract.held_operand_shapes(p)) for p in products]
 
         @jax.jit
         def gemms(pairs):

@@ -72,13 +72,19 @@ def _operand(a: np.ndarray) -> tuple[int, int]:
     raise ValueError("gemm takes C-contiguous operands or transposed views of them")
 
 
-def gemm(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, c: np.ndarray, *, use_blas: bool = True) -> None:
-    """``c = alpha * a @ b + beta * c``, in place; ``beta = 0`` ignores what ``c`` held."""
+def _dimensions(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple[int, int, int]:
+    """(m, k, n) of ``c = a @ b``, or ValueError where the shapes or dtypes disagree."""
     m, k = a.shape
     n = b.shape[1]
     if b.shape[0] != k or c.shape != (m, n) or not a.dtype == b.dtype == c.dtype:
         raise ValueError(f"gemm shapes or dtypes disagree: {a.shape} {a.dtype} @ {b.shape} {b.dtype} -> "
                          f"{c.shape} {c.dtype}")
+    return m, k, n
+
+
+def gemm(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, c: np.ndarray, *, use_blas: bool = True) -> None:
+    """``c = alpha * a @ b + beta * c``, in place; ``beta = 0`` ignores what ``c`` held."""
+    m, k, n = _dimensions(a, b, c)
     found = _cblas_gemm(c.dtype) if use_blas else None
     if found is None or not c.flags.c_contiguous:
         product = a @ b
@@ -102,11 +108,7 @@ def bind(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, c: np.ndarray)
     found, the CBLAS call itself with the arrays' addresses taken once, so that a call skips ``gemm``'s checks and
     ``.ctypes`` lookups (which cost more than the call for the step's small products). The arrays must stay alive and
     in place for as long as the bound call is used."""
-    m, k = a.shape
-    n = b.shape[1]
-    if b.shape[0] != k or c.shape != (m, n) or not a.dtype == b.dtype == c.dtype:
-        raise ValueError(f"gemm shapes or dtypes disagree: {a.shape} {a.dtype} @ {b.shape} {b.dtype} -> "
-                         f"{c.shape} {c.dtype}")
+    m, k, n = _dimensions(a, b, c)
     found = _cblas_gemm(c.dtype)
     if found is None or not c.flags.c_contiguous:
         return functools.partial(gemm, alpha, a, b, beta, c)

@@ -132,7 +132,6 @@ def step(backend, ws: Workspace, x: np.ndarray, y: np.ndarray, masks, *, native_
     decay_beta = 1.0 - lr * float(backend.train.weight_decay)
     noise = _layer_noise(backend, ws, masks, native_dropout)
     gemms = _bound_gemms(ws, x, tuple(params[f"dense_{i}/kernel"] for i in range(layers)), lr, decay_beta)
-    inputs = [x]
     for i in range(layers - 1):
         z = ws.z[i]
         z[...] = params[f"dense_{i}/bias"]
@@ -150,7 +149,6 @@ def step(backend, ws: Workspace, x: np.ndarray, y: np.ndarray, masks, *, native_
         np.multiply(z, multiplier, out=h)
         if not (np.isscalar(offset) and offset == 0):
             h += offset
-        inputs.append(h)
 
     logits = ws.logits_t
     logits[...] = params[f"dense_{layers - 1}/bias"][:, None]

@@ -196,8 +196,7 @@ class Backend(contract.Backend):
         rng = np.random.default_rng(0)
         operands = []
         for p in products:
-            a = rng.standard_normal((p["k"], p["m"]) if p["ta"] else (p["m"], p["k"])).astype(self.dtype)
-            b = rng.standard_normal((p["n"], p["k"]) if p["tb"] else (p["k"], p["n"])).astype(self.dtype)
+            a, b = (rng.standard_normal(shape).astype(self.dtype) for shape in contract.held_operand_shapes(p))
             operands.append((a.T if p["ta"] else a, b.T if p["tb"] else b, np.empty((p["m"], p["n"]), self.dtype)))
 
         def run():

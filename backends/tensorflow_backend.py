@@ -220,9 +220,8 @@ class Backend(contract.Backend):
         mode, op by op in eager mode (TF's MatMul kernel either way)."""
         rng = np.random.default_rng(0)
         flags = [(bool(p["ta"]), bool(p["tb"])) for p in products]
-        operands = [(tf.constant(rng.standard_normal((p["k"], p["m"]) if p["ta"] else (p["m"], p["k"])), tf.float32),
-                     tf.constant(rng.standard_normal((p["n"], p["k"]) if p["tb"] else (p["k"], p["n"])), tf.float32))
-                    for p in products]
+        operands = [tuple(tf.constant(rng.standard_normal(shape), tf.float32)
+                          for shape in contract.held_operand_shapes(p)) for p in products]
 
         def gemms():
             return [tf.linalg.matmul(a, b, transpose_a=ta, transpose_b=tb) for (a, b), (ta, tb) in zip(operands, flags)]

@@ -569,10 +569,8 @@ class Backend(contract.Backend):
         generator.manual_seed(0)
         operands = []
         for p in products:
-            a = torch.randn((p["k"], p["m"]) if p["ta"] else (p["m"], p["k"]), generator=generator,
-                            device=self.device)
-            b = torch.randn((p["n"], p["k"]) if p["tb"] else (p["k"], p["n"]), generator=generator,
-                            device=self.device)
+            a, b = (torch.randn(shape, generator=generator, device=self.device)
+                    for shape in contract.held_operand_shapes(p))
             operands.append((a.t() if p["ta"] else a, b.t() if p["tb"] else b,
                              torch.empty((p["m"], p["n"]), device=self.device)))
 

@@ -9,7 +9,7 @@
 - ``threads``: the environment that sizes every framework's thread pools.
 """
 from backends.contract.backend import (  # noqa: F401
-    Backend, Capabilities, EpochBatches, EpochMetrics, EvalMetrics, Params, check_params,
+    Backend, Capabilities, EpochBatches, EpochMetrics, EvalMetrics, Params, check_params, held_operand_shapes,
 )
 from backends.contract.initialization import shared_init  # noqa: F401
 from backends.contract.noise import draw_masks, noise_seed, noise_shapes  # noqa: F401

@@ -177,6 +177,13 @@ class Backend(abc.ABC):
         return None
 
 
+def held_operand_shapes(product: Mapping[str, Any]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The shapes of the two arrays a framework holds for a ``gemm_step_probe`` product (m x k @ k x n): (k, m) for
+    a transposed first operand (``ta``), else (m, k); (n, k) for a transposed second one (``tb``), else (k, n)."""
+    m, k, n = product["m"], product["k"], product["n"]
+    return ((k, m) if product["ta"] else (m, k)), ((n, k) if product["tb"] else (k, n))
+
+
 def check_params(model: ModelSpec, params: Mapping[str, np.ndarray]) -> None:
     """Raise ValueError unless ``params`` has exactly the canonical names and shapes."""
     expected = model.param_shapes()

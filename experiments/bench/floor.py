@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from backends.contract import held_operand_shapes
 from backends.contract.threads import thread_environment
 from backends.registry import PROJECT_ROOT
 
@@ -91,10 +92,9 @@ def _floor_worker(sizes: Sequence[int], batch: int, rounds: int, calls: int) -> 
     gemms = step_gemms(sizes, batch)
     operands = []
     for gemm in gemms:
-        m, k, n = gemm["m"], gemm["k"], gemm["n"]
-        a = rng.standard_normal((k, m) if gemm["ta"] else (m, k), dtype=np.float32)
-        b = rng.standard_normal((n, k) if gemm["tb"] else (k, n), dtype=np.float32)
-        operands.append((a.T if gemm["ta"] else a, b.T if gemm["tb"] else b, np.empty((m, n), np.float32)))
+        a, b = (rng.standard_normal(shape, dtype=np.float32) for shape in held_operand_shapes(gemm))
+        operands.append((a.T if gemm["ta"] else a, b.T if gemm["tb"] else b,
+                         np.empty((gemm["m"], gemm["n"]), np.float32)))
     for a, b, c in operands:  # warm up: thread pool, caches, page faults
         for _ in range(calls):
             np.matmul(a, b, out=c)
