@@ -438,29 +438,41 @@ class Backend(contract.Backend):
             correct += int(chunk_correct)
         return EvalMetrics(loss=loss_sum / len(x), acc=correct / len(x))
 
-    def gemm_probe(self, *, m: int, k: int, n: int):
-        """(the library XLA compiles a float32 m x k @ k x n dot to, that product jitted): the bench's start event.
-        XLA:CPU names its library in the compiled HLO: a ``__ynn_fusion``/``__xnn_fusion`` (YNNPACK/XNNPACK), a
-        oneDNN custom call, or neither (its own Eigen dot)."""
+    def gemm_library(self, *, m: int, k: int, n: int) -> str:
+        """XLA:CPU names its library in the compiled HLO of an m x k @ k x n dot: a ``__ynn_fusion``/``__xnn_fusion``
+        (YNNPACK/XNNPACK), a oneDNN custom call, or neither (its own Eigen dot)."""
         a, b = self._put(np.ones((m, k)), np.float32), self._put(np.ones((k, n)), np.float32)
-        product = jax.jit(jnp.dot)
-        text = product.lower(a, b).compile().as_text()
+        text = jax.jit(jnp.dot).lower(a, b).compile().as_text()
         library = next((name for marker, name in (("__ynn", "YNNPACK"), ("__xnn", "XNNPACK"), ("onednn", "oneDNN"),
                                                   ("cublas", "cuBLAS")) if marker in text), "Eigen")
-        return f"XLA {library}", lambda: product(a, b).block_until_ready()
+        return f"XLA {library}"
 
-    def gemm_step_probe(self, *, products):
-        """``products`` as one jitted function (XLA folds each transpose into its dot's dimension numbers, as in
-        the training step), so that one dispatch serves them all."""
+    def gemm_step_probe(self, *, products, rounds: int = 1):
+        """``products`` in one jitted ``fori_loop`` of ``rounds`` iterations (XLA folds each transpose into its
+        dot's dimension numbers, as in the training step). Each product's operands pass an ``optimization_barrier``
+        together with the product before it: the dots run one after another, as the step's chain does, instead of
+        side by side on the pool's threads, and none is loop-invariant, so none is hoisted out of the loop. The
+        results stay in the loop's carry, so no round allocates its outputs."""
         rng = np.random.default_rng(0)
         flags = [(bool(p["ta"]), bool(p["tb"])) for p in products]
         operands = [tuple(self._put(rng.standard_normal(shape), np.float32)
                           for shape in contract.held_operand_shapes(p)) for p in products]
+        zeros = [self._put(np.zeros((p["m"], p["n"])), np.float32) for p in products]
+
+        def one_round(_, carry):
+            pairs, results = carry
+            previous, kept, fresh = results[-1], [], []
+            for (a, b), (ta, tb) in zip(pairs, flags):
+                previous, a, b = jax.lax.optimization_barrier((previous, a, b))
+                previous = (a.T if ta else a) @ (b.T if tb else b)
+                kept.append((a, b))
+                fresh.append(previous)
+            return kept, fresh
 
         @jax.jit
-        def gemms(pairs):
-            return [(a.T if ta else a) @ (b.T if tb else b) for (a, b), (ta, tb) in zip(pairs, flags)]
-        return lambda: jax.block_until_ready(gemms(operands))
+        def gemms(pairs, results):
+            return jax.lax.fori_loop(0, rounds, one_round, (pairs, results))[1]
+        return lambda: jax.block_until_ready(gemms(operands, zeros))
 
     def noise_probe(self, *, batch_size: int):
         """Flax's nn.Dropout on every hidden layer's (batch, width) array, jitted alone (threefry bits, a compare,

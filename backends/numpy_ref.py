@@ -177,10 +177,8 @@ class Backend(contract.Backend):
         log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         return float(-log_probs[np.arange(len(y)), y].sum()), int((logits.argmax(axis=1) == y).sum()), None
 
-    def gemm_probe(self, *, m: int, k: int, n: int):
-        """(the BLAS NumPy calls, one float32 m x k @ k x n product through it) for the bench's start event."""
-        a, b = np.ones((m, k), self.dtype), np.ones((k, n), self.dtype)
-        c = np.empty((m, n), self.dtype)
+    def gemm_library(self, *, m: int, k: int, n: int) -> str:
+        """The BLAS NumPy calls (threadpoolctl names it), whatever the shape."""
         try:
             from threadpoolctl import threadpool_info
 
@@ -188,9 +186,9 @@ class Backend(contract.Backend):
             library = ", ".join(f"{p['internal_api']} {p['version']} ({p.get('architecture')})" for p in pools)
         except ImportError:
             library = "NumPy's BLAS (threadpoolctl not installed to name it)"
-        return library or "NumPy's BLAS", lambda: np.matmul(a, b, out=c)
+        return library or "NumPy's BLAS"
 
-    def gemm_step_probe(self, *, products):
+    def gemm_step_probe(self, *, products, rounds: int = 1):
         """``products`` through NumPy's ``matmul`` (its BLAS), transposed operands as transposed views: the floor's
         own calls, one after another instead of each repeated."""
         rng = np.random.default_rng(0)
@@ -200,8 +198,9 @@ class Backend(contract.Backend):
             operands.append((a.T if p["ta"] else a, b.T if p["tb"] else b, np.empty((p["m"], p["n"]), self.dtype)))
 
         def run():
-            for a, b, c in operands:
-                np.matmul(a, b, out=c)
+            for _ in range(rounds):
+                for a, b, c in operands:
+                    np.matmul(a, b, out=c)
             return [c for _, _, c in operands]
         return run
 

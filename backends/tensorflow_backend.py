@@ -190,43 +190,59 @@ class Backend(contract.Backend):
         self._batch_at = tf.function(batch_at, input_signature=all_spec + [tf.TensorSpec([None], tf.int32)],
                                      jit_compile=jit)
 
-    def gemm_probe(self, *, m: int, k: int, n: int):
-        """(the library TF's float32 MatMul runs in this mode, one m x k @ k x n product that way): the bench's
-        start event. Under XLA (compiled mode, more than one thread) the dot is XLA:CPU's own, whose optimised HLO
-        names no library (Eigen); otherwise TF's MatMul kernel: oneDNN when TF was built with it and
+    def gemm_library(self, *, m: int, k: int, n: int) -> str:
+        """Under XLA (compiled mode, more than one thread) the dot is XLA:CPU's own, whose optimised HLO names its
+        library (none: Eigen); otherwise TF's MatMul kernel: oneDNN when TF was built with it and
         ``TF_ENABLE_ONEDNN_OPTS`` is not 0, else Eigen."""
         from tensorflow.python.util import _pywrap_util_port
 
-        a, b = tf.ones((m, k)), tf.ones((k, n))
-
-        def matmul(a, b):
-            return tf.linalg.matmul(a, b)
-        xla = self.compiled and _use_xla()
-        if xla:
-            product = tf.function(matmul, jit_compile=True)
+        if self.compiled and _use_xla():
+            a, b = tf.ones((m, k)), tf.ones((k, n))
+            product = tf.function(lambda a, b: tf.linalg.matmul(a, b), jit_compile=True)
             text = product.experimental_get_compiler_ir(a, b)(stage="optimized_hlo")
-            library = next((name for marker, name in (("__ynn", "YNNPACK"), ("__xnn", "XNNPACK"),
-                                                      ("onednn", "oneDNN")) if marker in text), "Eigen")
-            library = f"XLA {library}"
-        else:
-            product = tf.function(matmul) if self.compiled else matmul
-            onednn = _pywrap_util_port.IsMklEnabled() and os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") != "0"
-            library = "oneDNN (TF MatMul)" if onednn else "Eigen (TF MatMul)"
-        return library, lambda: product(a, b).numpy()
+            return "XLA " + next((name for marker, name in (("__ynn", "YNNPACK"), ("__xnn", "XNNPACK"),
+                                                            ("onednn", "oneDNN")) if marker in text), "Eigen")
+        onednn = _pywrap_util_port.IsMklEnabled() and os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") != "0"
+        return "oneDNN (TF MatMul)" if onednn else "Eigen (TF MatMul)"
 
-    def gemm_step_probe(self, *, products):
-        """``products`` as ``tf.linalg.matmul`` calls with ``transpose_a``/``transpose_b``, as this mode runs them:
-        one XLA program in compiled mode with more than one thread, one ``tf.function`` graph otherwise in compiled
-        mode, op by op in eager mode (TF's MatMul kernel either way)."""
+    def gemm_step_probe(self, *, products, rounds: int = 1):
+        """``products`` as ``tf.linalg.matmul`` calls with ``transpose_a``/``transpose_b``, as this mode runs them.
+        Under XLA (compiled mode, more than one thread): one program, a ``tf.while_loop`` of ``rounds`` iterations
+        in which each product's operands pass XLA's optimisation barrier together with the product before it, so
+        that the dots run one after another and none is hoisted out of the loop as invariant. Otherwise TF's MatMul
+        kernel: one ``tf.function`` graph a round in compiled mode, op by op in eager mode."""
         rng = np.random.default_rng(0)
         flags = [(bool(p["ta"]), bool(p["tb"])) for p in products]
         operands = [tuple(tf.constant(rng.standard_normal(shape), tf.float32)
                           for shape in contract.held_operand_shapes(p)) for p in products]
 
-        def gemms():
-            return [tf.linalg.matmul(a, b, transpose_a=ta, transpose_b=tb) for (a, b), (ta, tb) in zip(operands, flags)]
-        run = (tf.function(gemms, jit_compile=_use_xla()) if self.compiled else gemms)
-        return lambda: [t.numpy() for t in run()]
+        def one_round(pairs):
+            return [tf.linalg.matmul(a, b, transpose_a=ta, transpose_b=tb) for (a, b), (ta, tb) in zip(pairs, flags)]
+        if not (self.compiled and _use_xla()):
+            run = tf.function(one_round) if self.compiled else one_round
+
+            def rounds_of_ops():
+                for _ in range(rounds):
+                    results = run(operands)
+                return results
+            return rounds_of_ops
+
+        from tensorflow.compiler.tf2xla.python import xla as tf2xla
+
+        def serial_round(i, pairs, results):
+            previous, kept, fresh = results[-1], [], []
+            for (a, b), (ta, tb) in zip(pairs, flags):
+                previous, a, b = tf2xla.optimization_barrier(previous, a, b)
+                previous = tf.linalg.matmul(a, b, transpose_a=ta, transpose_b=tb)
+                kept.append((a, b))
+                fresh.append(previous)
+            return i + 1, kept, fresh
+
+        @tf.function(jit_compile=True)
+        def program():
+            zeros = [tf.zeros((p["m"], p["n"])) for p in products]
+            return tf.while_loop(lambda i, *_: i < rounds, serial_round, (tf.constant(0), operands, zeros))[2]
+        return program
 
     def noise_probe(self, *, batch_size: int):
         """Keras' Dropout (stateless Philox from its SeedGenerator) on every hidden layer's (batch, width) array, as

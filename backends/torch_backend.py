@@ -550,19 +550,16 @@ class Backend(contract.Backend):
                 hits += (logits.argmax(dim=1) == yb).sum()
         return EvalMetrics(loss=float(loss_sum) / len(xt), acc=int(hits) / len(xt))
 
-    def gemm_probe(self, *, m: int, k: int, n: int):
-        """(the library torch's float32 matmul calls here, one m x k @ k x n product through it): the bench's
-        start event. On the CPU ``aten::mm`` goes to the BLAS torch was built with (``BLAS_INFO``)."""
-        a, b = (torch.ones(shape, device=self.device) for shape in ((m, k), (k, n)))
-        c = torch.empty((m, n), device=self.device)
+    def gemm_library(self, *, m: int, k: int, n: int) -> str:
+        """On the CPU ``aten::mm`` goes to the BLAS torch was built with (``BLAS_INFO``); on CUDA, cuBLAS."""
         if self.device.type == "cuda":
-            return "cuBLAS", lambda: (torch.mm(a, b, out=c), torch.cuda.synchronize(self.device))
+            return "cuBLAS"
         config = torch.__config__.show()
         blas = next((part.split("=", 1)[1] for part in config.replace(",", "\n").split() if
                      part.startswith("BLAS_INFO=")), "unknown")
-        return f"{'MKL' if blas == 'mkl' else blas} (aten::mm; BLAS_INFO={blas})", lambda: torch.mm(a, b, out=c)
+        return f"{'MKL' if blas == 'mkl' else blas} (aten::mm; BLAS_INFO={blas})"
 
-    def gemm_step_probe(self, *, products):
+    def gemm_step_probe(self, *, products, rounds: int = 1):
         """``products`` as ``torch.mm(..., out=)`` calls (aten::mm; a transposed operand is a transposed view, which
         the BLAS reads with its transpose flag, as autograd's mm backward hands it)."""
         generator = torch.Generator(device=self.device)
@@ -575,8 +572,9 @@ class Backend(contract.Backend):
                              torch.empty((p["m"], p["n"]), device=self.device)))
 
         def run():
-            for a, b, c in operands:
-                torch.mm(a, b, out=c)
+            for _ in range(rounds):
+                for a, b, c in operands:
+                    torch.mm(a, b, out=c)
             self.synchronize()
             return [c for _, _, c in operands]
         return run

@@ -27,7 +27,8 @@ DOCUMENTED = ["backend", "mode", "device", "status", "error", "framework_version
               "gemm_library", "gemm_gflops", "framework_gemm_seconds", "framework_gemm_gflops",
               "framework_gemm_to_floor"]
 
-# Run under each backend's own interpreter (MXNet's venv too): the shapes of what its gemm_step_probe computes.
+# Run under each backend's own interpreter (MXNet's venv too): the shapes of what its gemm_step_probe computes, and
+# whether several rounds (a loop inside one program where the mode compiles) end with the one round's results.
 PROBE_SCRIPT = """
 import json, sys
 import numpy as np
@@ -39,9 +40,13 @@ backend = registry.load_class(name)(model=ModelSpec(hiddens=(24, 16)), train=Tra
                                     threads=1)
 backend.build(seed=0)
 products = [g for g in step_gemms((784, 24, 16, 10), 8) if g["necessary"]]
-results = [np.asarray(r.asnumpy() if hasattr(r, "asnumpy") else r) for r in
-           backend.gemm_step_probe(products=products)()]
-print(json.dumps([list(r.shape) for r in results]))
+def run(rounds):
+    return [np.asarray(r.asnumpy() if hasattr(r, "asnumpy") else r)
+            for r in backend.gemm_step_probe(products=products, rounds=rounds)()]
+once, thrice = run(1), run(3)
+print(json.dumps({"shapes": [list(r.shape) for r in once],
+                  "rounds_agree": all(np.array_equal(a, b) for a, b in zip(once, thrice)) and len(once) == len(thrice),
+                  "library": backend.gemm_library(m=8, k=784, n=24)}))
 """
 
 
@@ -325,7 +330,9 @@ def test_a_scaling_run_writes_its_files_and_fits_every_backend_mode(tmp_path):
 @pytest.mark.parametrize("mode", ["eager", "compiled"])
 def test_every_backends_gemm_step_probe_computes_the_floors_products(mode):
     """The products the bench times through each framework are the floor's: one m x n result per necessary GEMM,
-    in order (a product with its operands the wrong way round, or one left out, fails here)."""
+    in order (a product with its operands the wrong way round, or one left out, fails here), and the rounds the
+    bench times them over compute the same products again (a loop that fed a round's results or the wrong operands
+    into the next fails here); every backend names its GEMM library."""
     from tests.conftest import backends_under_test, require_backend
 
     expected = [[g["m"], g["n"]] for g in bench_floor.step_gemms((784, 24, 16, 10), 8) if g["necessary"]]
@@ -338,7 +345,10 @@ def test_every_backends_gemm_step_probe_computes_the_floors_products(mode):
                                 cwd=backends.PROJECT_ROOT, timeout=300,
                                 env={**os.environ, "PYTHONPATH": str(backends.PROJECT_ROOT)})
         assert result.returncode == 0, (name, result.stderr[-2000:])
-        assert json.loads(result.stdout.strip().splitlines()[-1]) == expected, name
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        assert report["shapes"] == expected, name
+        assert report["rounds_agree"], name
+        assert isinstance(report["library"], str) and report["library"], name
 
 
 def test_every_backend_reports_its_gemm_library_and_rate(tmp_path):

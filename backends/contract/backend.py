@@ -157,15 +157,23 @@ class Backend(abc.ABC):
     def synchronize(self) -> None:
         """Wait until queued device work is done; every timer is preceded by this. Host-only backends do nothing."""
 
-    def gemm_step_probe(self, *, products: Sequence[Mapping[str, Any]]):
-        """A callable that computes every product of ``products`` once through this backend's float32 matmul, in
-        this mode, and returns once they are done; None where the backend does not say. Each product is a mapping
-        with ``m``, ``k``, ``n`` (an m x k @ k x n product) and ``ta``/``tb`` (that operand is the transpose of the
-        array the framework holds, as in the training step); the callable returns the m x n results, in order,
-        as the framework's arrays. The operands are made once, outside the callable;
-        where the framework has a compiled program (a jitted function, a bound graph), the products are one
-        program, so that what is timed is the GEMM library and not the per-call dispatch. For the bench's start
-        event: the step's necessary GEMMs through the framework, beside the floor's through NumPy's BLAS."""
+    def gemm_library(self, *, m: int, k: int, n: int) -> str | None:
+        """The GEMM library this backend's float32 matmul runs in this mode for an m x k @ k x n product, as the
+        framework tells it (for the bench's start event); None where the backend does not say."""
+        return None
+
+    def gemm_step_probe(self, *, products: Sequence[Mapping[str, Any]], rounds: int = 1):
+        """A callable that computes every product of ``products`` through this backend's float32 matmul, in this
+        mode, ``rounds`` times over, one round after another, and returns once they are done; None where the
+        backend does not say. Each product is a mapping with ``m``, ``k``, ``n`` (an m x k @ k x n product) and
+        ``ta``/``tb`` (that operand is the transpose of the array the framework holds, as in the training step);
+        the callable returns the last round's m x n results, in order, as the framework's arrays. The operands are
+        made once, outside the callable. Where the framework compiles its step into one program (a jitted function,
+        an XLA cluster, a bound graph), the rounds are one program too: a loop whose products each wait for the one
+        before, as a training step's chain of products does, with the operands hidden from the compiler's
+        loop-invariant hoisting, so that what is timed is the GEMM library and not a call's dispatch and fresh
+        output buffers. For the bench: the step's necessary GEMMs through the framework (and the first layer's
+        forward product alone), beside the floor's through NumPy's BLAS; the bench divides by ``rounds``."""
         return None
 
     def noise_probe(self, *, batch_size: int):
