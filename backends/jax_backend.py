@@ -108,6 +108,49 @@ def _gaussian_kind(H, p: float, noise: str, key):
     return _inject(H, jax.random.normal(key, H.shape, dtype=H.dtype), p, noise)
 
 
+# --- the Dense product on the CPU ---------------------------------------------------------------------------------------
+_NARROW_GRADIENT = 64  # the widest layer output whose kernel gradient goes the transposed way (measured: see README)
+
+
+def _kernel_gradient(x, dz):
+    """X^T dZ, a Dense layer's kernel gradient (in x out). XLA:CPU gives this dot, which contracts the batch
+    dimension of both operands, to its Eigen kernel (YNNPACK takes no transposed left operand), which is slow when
+    the layer's output is narrow. For an output of at most 64 columns the same product is taken as (dZ^T X)^T, with
+    dZ^T and the (out x in) product materialised by optimisation barriers (both small there), so that the product
+    is YNNPACK's plain dot; wider layers keep the one Eigen dot, which is faster for them."""
+    if dz.shape[-1] > _NARROW_GRADIENT:
+        return x.T @ dz
+    barrier = jax.lax.optimization_barrier
+    return barrier(barrier(dz.T) @ x).T
+
+
+@jax.custom_vjp
+def _dense_product(x, kernel):
+    return x @ kernel
+
+
+def _dense_product_forward(x, kernel):
+    return x @ kernel, (x, kernel)
+
+
+def _dense_product_backward(residuals, dz):
+    x, kernel = residuals
+    return dz @ kernel.T, _kernel_gradient(x, dz)  # an input gradient nothing reads (the images') is dead code to XLA
+
+
+_dense_product.defvjp(_dense_product_forward, _dense_product_backward)
+
+
+def cpu_dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """Flax Dense's ``dot_general`` on the CPU: its (batch, in) @ (in, out) product with ``_kernel_gradient`` as
+    the kernel's gradient; any other product as ``lax.dot_general``."""
+    if (lhs.ndim == 2 and tuple(map(tuple, dimension_numbers[0])) == ((1,), (0,)) and dimension_numbers[1] == ((), ())
+            and precision is None and preferred_element_type is None):
+        return _dense_product(lhs, rhs)
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=preferred_element_type)
+
+
 # --- the section's two models ----------------------------------------------------------------------------------------
 class DropoutMLP(nn.Module):
     """Concise: Dense, relu, nn.Dropout, ... as in the section. Returns (logits, pre-noise, post-noise)."""
@@ -116,13 +159,14 @@ class DropoutMLP(nn.Module):
     num_outputs: int
     dropouts: tuple
     noise: str = "dropout"
+    dot_general: object = None  # Flax Dense's own (lax.dot_general) when None
 
     @nn.compact
     def __call__(self, X, training: bool, draws=None):
         H = X.reshape((X.shape[0], -1))
         pre, post = [], []
         for i, (width, p) in enumerate(zip(self.num_hiddens, self.dropouts)):
-            H = nn.relu(nn.Dense(width, name=f"dense_{i}")(H))
+            H = nn.relu(nn.Dense(width, name=f"dense_{i}", dot_general=self.dot_general)(H))
             pre.append(H)
             if self.noise != "dropconnect":  # dropconnect masks kernels, outside the module
                 if training and draws is not None:
@@ -132,7 +176,8 @@ class DropoutMLP(nn.Module):
                 elif training:
                     H = _gaussian_kind(H, p, self.noise, self.make_rng("dropout"))
             post.append(H)
-        return nn.Dense(self.num_outputs, name=f"dense_{len(self.num_hiddens)}")(H), pre, post
+        return nn.Dense(self.num_outputs, name=f"dense_{len(self.num_hiddens)}", dot_general=self.dot_general)(H), \
+            pre, post
 
 
 class DropoutMLPScratch(nn.Module):
@@ -142,9 +187,10 @@ class DropoutMLPScratch(nn.Module):
     num_outputs: int
     dropouts: tuple
     noise: str = "dropout"
+    dot_general: object = None
 
-    def setup(self):
-        self.dense = [nn.Dense(w) for w in (*self.num_hiddens, self.num_outputs)]  # named dense_0, dense_1, ...
+    def setup(self):  # named dense_0, dense_1, ...
+        self.dense = [nn.Dense(w, dot_general=self.dot_general) for w in (*self.num_hiddens, self.num_outputs)]
 
     def __call__(self, X, training: bool, draws=None):
         H = X.reshape((X.shape[0], -1))
@@ -190,7 +236,8 @@ class Backend(contract.Backend):
             self.device = jax.devices("cpu")[0]
         module = DropoutMLP if model.impl == "concise" else DropoutMLPScratch
         self.net = module(num_hiddens=tuple(model.hiddens), num_outputs=model.num_outputs,
-                          dropouts=tuple(model.dropouts), noise=model.noise)
+                          dropouts=tuple(model.dropouts), noise=model.noise,
+                          dot_general=cpu_dense_dot_general if self.device.platform == "cpu" else None)
         self.num_layers = len(model.layer_sizes) - 1
         kernels = {f"dense_{i}": {"kernel": True, "bias": False} for i in range(self.num_layers)}
         decay = float(train.weight_decay)

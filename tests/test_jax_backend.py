@@ -162,3 +162,46 @@ def test_dropbench_threads_bounds_the_xla_cpu_pool():
     assert result.returncode == 0, result.stderr
     cpus, flags = result.stdout.strip().split(" ", 1)
     assert cpus == "1" and "--xla_cpu_multi_thread_eigen=false" in flags, result.stdout
+
+
+# --- the Dense product's kernel gradient on the CPU ----------------------------------------------------------------------
+@pytest.mark.parametrize("width", [10, 64, 65, 256])
+def test_the_cpu_dense_product_has_flaxs_gradients(width):
+    """cpu_dense_dot_general gives Flax Dense the same output and gradients as lax.dot_general, for outputs narrow
+    enough to take the transposed kernel gradient (10, 64) and wider (65, 256)."""
+    import jax
+    import jax.numpy as jnp
+    from backends import jax_backend
+
+    rng = np.random.default_rng(width)
+    x, kernel, upstream = (jnp.asarray(rng.standard_normal(shape), jnp.float32)
+                           for shape in ((32, 48), (48, width), (32, width)))
+
+    def loss(dot_general, x, kernel):
+        return jnp.sum(dot_general(x, kernel, (((1,), (0,)), ((), ()))) * upstream)
+    plain = jax.value_and_grad(lambda *a: loss(jax.lax.dot_general, *a), argnums=(0, 1))(x, kernel)
+    ours = jax.jit(jax.value_and_grad(lambda *a: loss(jax_backend.cpu_dense_dot_general, *a), argnums=(0, 1)))(
+        x, kernel)
+    assert_close(np.asarray(ours[0]), np.asarray(plain[0]), "the loss")
+    for what, got, want in zip(("the input gradient", "the kernel gradient"), ours[1], plain[1]):
+        assert_close(np.asarray(got), np.asarray(want), what)
+
+
+def test_the_compiled_step_makes_the_necessary_products_only_and_the_narrow_kernel_gradient_a_plain_dot(make_backend,
+                                                                                                       fashion):
+    """In the CPU training step's HLO: eight products for three layers (the custom gradient leaves the images'
+    gradient to XLA's dead-code removal, as autodiff does), and only the two wide kernel gradients contract a
+    transposed left operand (the batch dimension of both); the 10-wide last layer's is a plain (out-by-in) dot."""
+    import re
+
+    import jax
+
+    backend = make_backend("jax", model=ModelSpec(), train=TrainSpec(mode="compiled"))
+    x_all, y_all = backend._on_device(fashion.train_x[:512]), backend._on_device(fashion.train_y[:512])
+    totals = jax.device_put(np.zeros(2, np.float32), backend.device)
+    idx_matrix = backend._put(np.arange(512).reshape(2, 256), np.int32)
+    text = backend._jit_scan_epoch.lower(backend.params, backend.opt_state, totals, x_all, y_all, idx_matrix,
+                                         backend.base_key, 0).compile().as_text()
+    dots = re.findall(r"= f32\[([0-9,]+)\]\{[0-9,]+\} dot\([^)]*\), lhs_contracting_dims=\{(\d)\}", text)
+    assert len(dots) == 8, dots
+    assert sorted(shape for shape, lhs_contracting in dots if lhs_contracting == "0") == ["256,256", "784,256"], dots

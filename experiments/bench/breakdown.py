@@ -71,17 +71,18 @@ def breakdown_lines(parts: list[dict[str, Any]], batch: int, peak: float | None)
              "several `--batch-sizes` measures it); rest: the remainder by construction (the framework's GEMMs "
              "above the floor's rate, elementwise work; negative where the parts measured apart overlap). "
              "GEMM: the library the framework reports for its float32 matmul, and the rate the first layer's "
-             f"forward product ({batch} x 784 @ 784 x H) reached through the framework in the worker, beside "
+             f"forward product ({batch} x 784 @ 784 x H) reached through the framework in the worker (rounds of it "
+             "in one program where the mode compiles, as GEMMs alone below), beside "
              "NumPy's BLAS on the same product in the floor's process (measured at other moments: on a busy "
              f"machine compare them with care){f'; peak sgemm here: {peak:.0f} GFLOP/s' if peak else ''}. "
              "Dropout alone: the framework's dropout of one step (every hidden layer's mask drawn and applied), "
              "timed alone in the worker on a generator of its own, times the epoch's steps: what its noise kernel "
              "costs, beside what the noise costs inside the epoch. GEMMs alone: the step's necessary products "
-             "(the floor's) through the framework's own matmul, one after another in one call (one program where "
-             "the mode compiles), in the worker, times the steps, and that over the floor: where it is well above "
-             "1, the framework's GEMM library is slower than NumPy's BLAS on these shapes. Not a part of the sum; "
-             "under XLA the same dots ran faster inside the training step than alone, so there it is an upper "
-             "bound.", "",
+             "(the floor's) through the framework's own matmul, one after another, in the worker: 16 rounds of "
+             "them a timed call, the rounds a loop inside one program where the mode compiles (each product "
+             "waiting for the one before, none hoisted out of the loop), a round's median time times the steps, "
+             "and that over the floor: where it is well above 1, the framework's GEMM library is slower than "
+             "NumPy's BLAS on these shapes. Not a part of the sum.", "",
              "| backend | mode | epoch s | floor | noise | fixed | rest | dropout alone | dropout kernel | "
              "GEMM library | GEMM GFLOP/s | BLAS GFLOP/s | GEMMs alone s | GEMMs alone x floor |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |"]
