@@ -6,6 +6,10 @@ Model: ``flax.linen`` as the section uses it (not ``flax.nnx``), so that the par
 ``DropoutMLPScratch`` with the section's ``dropout_layer(X, p, key)`` written with ``jax.random``. The three Dense
 layers are named ``dense_0..2`` in both, so both impls get the same Flax default init (lecun_normal kernel, zero bias)
 from ``jax.random.PRNGKey(seed)`` and the canonical layout needs no transpose (Flax kernels are (in, out) already).
+On the CPU two things of the concise model are made cheaper with the same maths: its ``nn.Dropout`` is
+``BitDropout`` (the same layer, its keep mask at dropout 0.5 from one threefry bit an element instead of a 32-bit
+uniform: the same law), and every Dense takes ``cpu_dense_dot_general`` (the narrow last layer's kernel gradient as
+YNNPACK's plain dot); the README's bench section has the measurements.
 
 Randomness (D2L's bug B2 fixed): every draw of native noise uses the key ``fold_in(base_key, n)``, where ``base_key =
 PRNGKey(noise_seed(seed))`` and ``n`` counts the native draws of this backend (training steps, ``loss_and_grads``,
@@ -86,6 +90,35 @@ def dropout_layer(X, dropout: float, key):
     return mask * X / (1.0 - dropout)
 
 
+def keep_mask(key, q: float, shape) -> jax.Array:
+    """A bool keep mask of ``shape``, each element kept with probability q, from ``key``: b threefry bits an element
+    compared with j where ``contract.dyadic_keep(q)`` gives (b, j) (D2L's dropout 0.5: one bit), else Flax's own
+    ``random.bernoulli`` (a float32 uniform below q). Both have exactly the law of ``uniform < q``."""
+    dyadic = contract.dyadic_keep(q)
+    if dyadic is None:
+        return jax.random.bernoulli(key, q, shape)
+    bits, below = dyadic
+    count = int(np.prod(shape))
+    words = jax.random.bits(key, (-(-count // (32 // bits)),), jnp.uint32)
+    fields = (words[:, None] >> jnp.arange(0, 32, bits, dtype=jnp.uint32)) & jnp.uint32((1 << bits) - 1)
+    return (fields.reshape(-1)[:count] < below).reshape(shape)
+
+
+class BitDropout(nn.Dropout):
+    """Flax's ``nn.Dropout`` with its keep mask from ``keep_mask``: at a keep probability j / 2**b, b threefry bits
+    an element instead of a 32-bit uniform (1/32 of the random words at dropout 0.5), the same Bernoulli law
+    exactly, from the same key (``make_rng`` of the layer's collection); the scaling, the p = 0 and p = 1 cases and
+    every other rate are Flax's own. The masks differ from stock Flax's, the law does not."""
+
+    def __call__(self, inputs, deterministic: bool | None = None, rng=None):
+        keep = 1.0 - self.rate
+        if (nn.merge_param("deterministic", self.deterministic, deterministic) or self.broadcast_dims
+                or contract.dyadic_keep(keep) is None):
+            return super().__call__(inputs, deterministic, rng)
+        mask = keep_mask(self.make_rng(self.rng_collection) if rng is None else rng, keep, inputs.shape)
+        return jax.lax.select(mask, inputs / keep, jnp.zeros_like(inputs))
+
+
 def _scale(p: float) -> float:
     return 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
 
@@ -160,6 +193,7 @@ class DropoutMLP(nn.Module):
     dropouts: tuple
     noise: str = "dropout"
     dot_general: object = None  # Flax Dense's own (lax.dot_general) when None
+    dropout_module: type = nn.Dropout  # D2L's; the backend gives BitDropout on the CPU
 
     @nn.compact
     def __call__(self, X, training: bool, draws=None):
@@ -172,7 +206,7 @@ class DropoutMLP(nn.Module):
                 if training and draws is not None:
                     H = _inject(H, draws[i], p, self.noise)
                 elif self.noise == "dropout":
-                    H = nn.Dropout(p, deterministic=not training)(H)
+                    H = self.dropout_module(p, deterministic=not training)(H)
                 elif training:
                     H = _gaussian_kind(H, p, self.noise, self.make_rng("dropout"))
             post.append(H)
@@ -235,9 +269,13 @@ class Backend(contract.Backend):
         else:
             self.device = jax.devices("cpu")[0]
         module = DropoutMLP if model.impl == "concise" else DropoutMLPScratch
+        options = {}
+        if self.device.platform == "cpu":  # what was measured faster on the CPU; a GPU runs stock Flax
+            options["dot_general"] = cpu_dense_dot_general
+            if module is DropoutMLP:
+                options["dropout_module"] = BitDropout
         self.net = module(num_hiddens=tuple(model.hiddens), num_outputs=model.num_outputs,
-                          dropouts=tuple(model.dropouts), noise=model.noise,
-                          dot_general=cpu_dense_dot_general if self.device.platform == "cpu" else None)
+                          dropouts=tuple(model.dropouts), noise=model.noise, **options)
         self.num_layers = len(model.layer_sizes) - 1
         kernels = {f"dense_{i}": {"kernel": True, "bias": False} for i in range(self.num_layers)}
         decay = float(train.weight_decay)
@@ -522,21 +560,28 @@ class Backend(contract.Backend):
         return lambda: jax.block_until_ready(gemms(operands, zeros))
 
     def noise_probe(self, *, batch_size: int):
-        """Flax's nn.Dropout on every hidden layer's (batch, width) array, jitted alone (threefry bits, a compare,
-        a select). Inside the training step XLA fuses the same work into the step's other kernels, where it can
-        cost less than alone."""
+        """The concise model's dropout layer (Flax's nn.Dropout, or BitDropout on the CPU) on every hidden layer's
+        (batch, width) array, jitted alone (threefry bits, a compare, a select). Inside the training step XLA fuses
+        the same work into the step's other kernels, where it can cost less than alone."""
         rates = [p for p in self.model.dropouts if 0 < p < 1]
         ones = [self._put(np.ones((batch_size, w)), np.float32) for w, p in zip(self.model.hiddens,
                                                                                self.model.dropouts) if 0 < p < 1]
+        layer = getattr(self.net, "dropout_module", nn.Dropout)
 
         @jax.jit
         def dropouts(key, arrays):
             keys = jax.random.split(key, len(arrays))
-            return [nn.Dropout(p, deterministic=False).apply({}, x, rngs={"dropout": k})
+            return [layer(p, deterministic=False).apply({}, x, rngs={"dropout": k})
                     for p, x, k in zip(rates, arrays, keys)]
         counter = iter(range(1 << 62))
         base = jax.random.PRNGKey(0)
-        return ("nn.Dropout (threefry), jitted alone",
+        if layer is BitDropout:
+            kinds = sorted({f"{dyadic[0]} threefry bit(s) an element" if (dyadic := contract.dyadic_keep(1.0 - p))
+                            else "threefry uniform < 1-p" for p in rates})
+            how = f"nn.Dropout, {', '.join(kinds)}"
+        else:
+            how = "nn.Dropout (threefry)"
+        return (f"{how}, jitted alone",
                 lambda: jax.block_until_ready(dropouts(jax.random.fold_in(base, next(counter)), ones)))
 
     def set_matmul_precision(self, *, allow_tf32: bool) -> None:

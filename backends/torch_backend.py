@@ -190,27 +190,11 @@ def sgd_update(params: list[torch.Tensor], grads: list[torch.Tensor], *, lr: flo
 # ``random_()`` int64 words (32 // b elements a word: 63 uniform bits each, of which the low 32 are used) instead of a
 # word an element: the same law, exactly, from the same generator, at 1/32 of the words for dropout 0.5 (the README's
 # bench section has the measurement). Other rates keep ``rand < q``.
-_KEEP_BITS = (1, 2, 4, 8)
-
-
-def dyadic_keep(q: float) -> tuple[int, int] | None:
-    """(b, j) with q = j / 2**b, j odd and b in ``_KEEP_BITS``, for a q that float32 holds exactly; else None."""
-    if not 0.0 < q < 1.0 or float(np.float32(q)) != q:
-        return None
-    scaled = q * 2 ** 24
-    if scaled != int(scaled):
-        return None
-    j, b = int(scaled), 24
-    while j % 2 == 0:
-        j, b = j // 2, b - 1
-    return (b, j) if b in _KEEP_BITS else None
-
-
 def keep_mask_like(like: torch.Tensor, q: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """A bool keep mask shaped like ``like``, each element kept with probability q: b random bits an element where
-    ``dyadic_keep(q)`` gives b, else ``rand < q``. From the default generator with functional ops (inside a graph),
-    or from ``generator`` (eager, the bench's probe)."""
-    dyadic = dyadic_keep(q)
+    ``contract.dyadic_keep(q)`` gives b, else ``rand < q``. From the default generator with functional ops (inside a
+    graph), or from ``generator`` (eager, the bench's probe)."""
+    dyadic = contract.dyadic_keep(q)
     if dyadic is None:
         if generator is not None:
             return torch.rand(like.shape, generator=generator, device=like.device) < q
@@ -599,7 +583,7 @@ class Backend(contract.Backend):
                 x * keep * (1.0 / (1.0 - p))
             self.synchronize()
         if lowered:
-            kinds = sorted({f"{dyadic_keep(1.0 - p)[0]} mt19937 bit(s) an element" if dyadic_keep(1.0 - p)
+            kinds = sorted({f"{dyadic[0]} mt19937 bit(s) an element" if (dyadic := contract.dyadic_keep(1.0 - p))
                             else "torch.rand < 1-p (mt19937)" for _, p in shapes})
             how = ", ".join(kinds)
         else:

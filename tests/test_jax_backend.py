@@ -164,6 +164,50 @@ def test_dropbench_threads_bounds_the_xla_cpu_pool():
     assert cpus == "1" and "--xla_cpu_multi_thread_eigen=false" in flags, result.stdout
 
 
+# --- BitDropout: Flax's nn.Dropout with its mask from a few threefry bits ----------------------------------------------
+@pytest.mark.parametrize("q", [0.5, 0.25, 0.75, 3 / 16, 0.7])
+def test_keep_masks_from_bits_have_the_law_of_uniform_below_q(q):
+    """Bits or Flax's ``random.bernoulli``: each element kept with probability q, neighbours independent (elements
+    in one word and across words: the pair (i, i + 1) kept with probability q**2), the same key the same mask."""
+    import jax
+
+    from backends import jax_backend
+
+    key = jax.random.PRNGKey(7)
+    keep = np.asarray(jax_backend.keep_mask(key, q, (1000, 301)))  # 301 001 elements: no whole number of words
+    assert keep.shape == (1000, 301) and keep.dtype == bool
+    flat, n = keep.ravel().astype(np.float64), keep.size
+    assert abs(flat.mean() - q) < 4 * np.sqrt(q * (1 - q) / n)
+    pairs = (flat[:-1] * flat[1:]).mean()
+    assert abs(pairs - q * q) < 4 * np.sqrt(q * q * (1 - q * q) / (n - 1))
+    assert np.array_equal(keep, np.asarray(jax_backend.keep_mask(key, q, (1000, 301))))
+    assert not np.array_equal(keep, np.asarray(jax_backend.keep_mask(jax.random.fold_in(key, 1), q, (1000, 301))))
+
+
+def test_bit_dropout_is_flaxs_dropout_but_for_how_a_dyadic_mask_is_drawn():
+    """At a rate whose keep probability is not j / 2**b, and at rates 0 and 1 and when deterministic, BitDropout is
+    Flax's nn.Dropout to the bit; at 0.5 it keeps the elements of ``keep_mask`` with the 'dropout' stream's key,
+    scaled by 2, and zeroes the others."""
+    import flax.linen as nn
+    import jax
+
+    from backends import jax_backend
+
+    x = jax.numpy.asarray(np.random.default_rng(0).standard_normal((64, 48)) + 3.0, jax.numpy.float32)
+    key = jax.random.PRNGKey(3)
+
+    def run(layer, rate, deterministic=False):
+        return np.asarray(layer(rate, deterministic=deterministic).apply({}, x, rngs={"dropout": key}))
+    for rate in (0.3, 0.0, 1.0):
+        assert np.array_equal(run(jax_backend.BitDropout, rate), run(nn.Dropout, rate)), rate
+    assert np.array_equal(run(jax_backend.BitDropout, 0.5, deterministic=True), np.asarray(x))
+    layer_key = nn.Dropout(0.5).apply({}, x, rngs={"dropout": key}, method=lambda layer, _: layer.make_rng("dropout"))
+    keep = np.asarray(jax_backend.keep_mask(layer_key, 0.5, x.shape))
+    got = run(jax_backend.BitDropout, 0.5)
+    assert np.array_equal(got, np.where(keep, np.asarray(x) / 0.5, 0.0))
+    assert 0.4 < keep.mean() < 0.6
+
+
 # --- the Dense product's kernel gradient on the CPU ----------------------------------------------------------------------
 @pytest.mark.parametrize("width", [10, 64, 65, 256])
 def test_the_cpu_dense_product_has_flaxs_gradients(width):

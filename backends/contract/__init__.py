@@ -3,7 +3,7 @@
 - ``spec``: ``ModelSpec`` and ``TrainSpec`` (validated), the constants they allow (impls, inits, modes, devices,
   noise kinds);
 - ``backend``: the ``Backend`` base class, ``Capabilities``, the metrics, ``EpochBatches``;
-- ``noise``: the shapes and the NumPy draw of the injected noise, the noise RNG's seed;
+- ``noise``: the shapes and the NumPy draw of the injected noise, the noise RNG's seed, ``dyadic_keep``;
 - ``initialization``: the ``shared`` initialisation;
 - ``timing``: the ``Stopwatch`` (synchronises the device at every reading);
 - ``threads``: the environment that sizes every framework's thread pools.
@@ -12,7 +12,7 @@ from backends.contract.backend import (  # noqa: F401
     Backend, Capabilities, EpochBatches, EpochMetrics, EvalMetrics, Params, check_params, held_operand_shapes,
 )
 from backends.contract.initialization import shared_init  # noqa: F401
-from backends.contract.noise import draw_masks, noise_seed, noise_shapes  # noqa: F401
+from backends.contract.noise import draw_masks, dyadic_keep, noise_seed, noise_shapes  # noqa: F401
 from backends.contract.spec import (  # noqa: F401
     DEVICES, IMPLS, INITS, MODES, NOISE_KINDS, ModelSpec, SpecError, TrainSpec,
 )

@@ -1,4 +1,5 @@
-"""The injected noise of the contract: its shapes, the NumPy draw the parity oracle uses, the noise RNG's seed."""
+"""The injected noise of the contract: its shapes, the NumPy draw the parity oracle uses, the noise RNG's seed; and
+which keep probabilities a mask can draw from a few random bits an element (``dyadic_keep``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -30,3 +31,23 @@ def draw_masks(model: ModelSpec, batch_size: int, rng: np.random.Generator) -> l
 def noise_seed(seed: int) -> int:
     """The seed a backend gives its own noise RNG: derived from the job's seed, apart from the init stream."""
     return int(np.random.default_rng([seed, 0xD20]).integers(0, 2**31 - 1))
+
+
+KEEP_BITS = (1, 2, 4, 8)  # bits an element that divide a 32-bit word evenly
+
+
+def dyadic_keep(q: float) -> tuple[int, int] | None:
+    """(b, j) with q = j / 2**b, j odd and b in ``KEEP_BITS``, for a q that float32 holds exactly; else None.
+
+    A framework's float32 uniform u has at least 23 random bits (PyTorch's 24, JAX's 23), and u < q for such a q
+    holds exactly when the top b of them, read as an integer, are below j: so b fresh random bits an element,
+    compared with j, give a keep mask with exactly the law of ``uniform < q`` from 32 / b times fewer random words."""
+    if not 0.0 < q < 1.0 or float(np.float32(q)) != q:
+        return None
+    scaled = q * 2 ** 24
+    if scaled != int(scaled):
+        return None
+    j, b = int(scaled), 24
+    while j % 2 == 0:
+        j, b = j // 2, b - 1
+    return (b, j) if b in KEEP_BITS else None
