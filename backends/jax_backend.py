@@ -141,7 +141,7 @@ def _gaussian_kind(H, p: float, noise: str, key):
     return _inject(H, jax.random.normal(key, H.shape, dtype=H.dtype), p, noise)
 
 
-# --- the Dense product on the CPU ---------------------------------------------------------------------------------------
+# --- the Dense product on the CPU -------------------------------------------------------------------------------------
 _NARROW_GRADIENT = 64  # the widest layer output whose kernel gradient goes the transposed way (measured: see README)
 
 

@@ -62,7 +62,7 @@ def test_the_step_check_catches_a_key_reused_for_the_whole_epoch(make_backend, f
     assert float(np.ptp(losses)) < 1e-6, losses
 
 
-# --- (b) eager and compiled are the same run ---------------------------------------------------------------------------
+# --- (b) eager and compiled are the same run --------------------------------------------------------------------------
 def two_epochs(make_backend, fashion, *, mode: str, model: ModelSpec, seed: int = 0, n: int = 2000):
     """Two epochs with native noise on a real subset: 7 full batches and a partial one of 208."""
     backend = make_backend("jax", model=model, train=TrainSpec(mode=mode, seed=seed), seed=seed)
@@ -128,7 +128,7 @@ def test_no_retrace_after_the_first_epoch(make_backend, fashion, mode):
     assert jitted._cache_size() == 1 and backend._jit_tail_step._cache_size() == 1
 
 
-# --- (e) device gpu without a GPU --------------------------------------------------------------------------------------
+# --- (e) device gpu without a GPU -------------------------------------------------------------------------------------
 def test_device_gpu_without_a_gpu_is_a_one_line_error():
     import jax
 
@@ -147,7 +147,7 @@ def test_device_gpu_without_a_gpu_is_a_one_line_error():
     assert message.endswith("platform cpu); use --device cpu")
 
 
-# --- threads -------------------------------------------------------------------------------------------------------------
+# --- threads ----------------------------------------------------------------------------------------------------------
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs at least two usable CPUs")
 def test_dropbench_threads_bounds_the_xla_cpu_pool():
@@ -164,7 +164,7 @@ def test_dropbench_threads_bounds_the_xla_cpu_pool():
     assert cpus == "1" and "--xla_cpu_multi_thread_eigen=false" in flags, result.stdout
 
 
-# --- BitDropout: Flax's nn.Dropout with its mask from a few threefry bits ----------------------------------------------
+# --- BitDropout: Flax's nn.Dropout with its mask from a few threefry bits ---------------------------------------------
 @pytest.mark.parametrize("q", [0.5, 0.25, 0.75, 3 / 16, 0.7])
 def test_keep_masks_from_bits_have_the_law_of_uniform_below_q(q):
     """Bits or Flax's ``random.bernoulli``: each element kept with probability q, neighbours independent (elements
@@ -208,7 +208,7 @@ def test_bit_dropout_is_flaxs_dropout_but_for_how_a_dyadic_mask_is_drawn():
     assert 0.4 < keep.mean() < 0.6
 
 
-# --- the Dense product's kernel gradient on the CPU ----------------------------------------------------------------------
+# --- the Dense product's kernel gradient on the CPU -------------------------------------------------------------------
 @pytest.mark.parametrize("width", [10, 64, 65, 256])
 def test_the_cpu_dense_product_has_flaxs_gradients(width):
     """cpu_dense_dot_general gives Flax Dense the same output and gradients as lax.dot_general, for outputs narrow
