@@ -534,7 +534,8 @@ class Backend(contract.Backend):
 
     def gemm_step_probe(self, *, products, rounds: int = 1):
         """``products`` in one jitted ``fori_loop`` of ``rounds`` iterations (XLA folds each transpose into its
-        dot's dimension numbers, as in the training step). Each product's operands pass an ``optimization_barrier``
+        dot's dimension numbers, as in the training step; on the CPU a kernel gradient goes through
+        ``_kernel_gradient``, as the step's). Each product's operands pass an ``optimization_barrier``
         together with the product before it: the dots run one after another, as the step's chain does, instead of
         side by side on the pool's threads, and none is loop-invariant, so none is hoisted out of the loop. The
         results stay in the loop's carry, so no round allocates its outputs."""
@@ -543,13 +544,19 @@ class Backend(contract.Backend):
         operands = [tuple(self._put(rng.standard_normal(shape), np.float32)
                           for shape in contract.held_operand_shapes(p)) for p in products]
         zeros = [self._put(np.zeros((p["m"], p["n"])), np.float32) for p in products]
+        cpu = self.device.platform == "cpu"
+
+        def product(a, b, ta, tb):
+            if cpu and ta and not tb:  # X^T dZ, a kernel gradient: as the CPU step's custom gradient takes it
+                return _kernel_gradient(a, b)
+            return (a.T if ta else a) @ (b.T if tb else b)
 
         def one_round(_, carry):
             pairs, results = carry
             previous, kept, fresh = results[-1], [], []
             for (a, b), (ta, tb) in zip(pairs, flags):
                 previous, a, b = jax.lax.optimization_barrier((previous, a, b))
-                previous = (a.T if ta else a) @ (b.T if tb else b)
+                previous = product(a, b, ta, tb)
                 kept.append((a, b))
                 fresh.append(previous)
             return kept, fresh
