@@ -6,7 +6,9 @@ evaluation.
 
 - ``concise``: ``tf.keras.layers.Dense`` + ``tf.keras.layers.Dropout(p, seed=...)`` (Keras 3 draws its masks with
   ``stateless_dropout`` from a ``keras.random.SeedGenerator`` whose counter is a variable, so it advances on every
-  call, inside ``tf.function`` too). p = 1 is handled as zeros before the layer is reached.
+  call, inside ``tf.function`` too). p = 1 is handled as zeros before the layer is reached. Under XLA on the CPU
+  the layer is ``BitDropout``, Keras' Dropout with its keep mask at dropout 0.5 drawn from one Philox bit an
+  element instead of a 32-bit uniform: the same law, from the same SeedGenerator.
 - ``scratch``: the same Dense layers and the section's ``dropout_layer`` written with ``tf.random.Generator``
   (keep where u > p as the contract says; D2L's TF code keeps where u < 1 - p, which has the same law).
 - dropconnect / gaussian / additive have no Keras layer in D2L's sense: both impls draw from the
@@ -28,11 +30,12 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # start-up noise off; errors are still shown
 
-# XLA:CPU's newer fusion emitters turn the Philox ``rng-bit-generator`` fusion that each Keras dropout mask becomes
-# into code about 2.4x slower than the classic loop emitter's (0.47 against ~0.2 ms per 256x256 mask). With them off
-# the compiled epoch takes 0.47-0.51 s against 0.58-0.63 s (2 threads, same results to the bit); without dropout the
-# classic emitter is 3 % slower. JAX's XLA (its own copy, in jaxlib) is slower without them, so only this process
-# sets it, before TF loads. A user's own setting of the flag stands.
+# XLA:CPU's newer fusion emitters turn the Philox ``rng-bit-generator`` fusion of a full 32-bit-uniform mask into code
+# about 2.4x slower than the classic loop emitter's (0.47 against ~0.2 ms per 256x256 mask). With them off the
+# scratch model's compiled epoch (tf.random.Generator masks) takes 0.50-0.53 s against 0.53-0.58 s, and Keras'
+# stock Dropout's 0.47-0.51 against 0.58-0.63 s (2 threads, same results to the bit). The concise model's BitDropout,
+# at 1/32 of the random words, is within 2-4 % either way. JAX's XLA (its own copy, in jaxlib) is slower without
+# them, so only this process sets it, before TF loads. A user's own setting of the flag stands.
 if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_fusion_emitters=false").strip()
 
@@ -76,6 +79,46 @@ def _scale(p: float) -> float:
     return 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
 
 
+def keep_mask(seed, q: float, shape) -> tf.Tensor:
+    """A bool keep mask of ``shape`` (a shape or shape tensor), each element kept with probability q, from a
+    stateless int32 seed pair: where ``contract.dyadic_keep(q)`` gives (b, j), b Philox bits an element compared with
+    j, from full-range uint32 words; else a float32 uniform >= 1 - q, Keras' own test. Both have exactly the law of
+    Keras' Dropout, whose uniform's 23 random bits are >= (1 - q) * 2**23 with probability q for such a q."""
+    shape = tf.convert_to_tensor(shape, tf.int32)
+    dyadic = contract.dyadic_keep(q)
+    if dyadic is None:
+        return tf.random.stateless_uniform(shape, seed=seed) >= np.float32(1.0 - q)
+    bits, below = dyadic
+    count, per_word = tf.reduce_prod(shape), 32 // bits
+    words = tf.random.stateless_uniform([(count + per_word - 1) // per_word], seed=seed, minval=None, maxval=None,
+                                        dtype=tf.uint32)
+    fields = tf.bitwise.bitwise_and(tf.bitwise.right_shift(words[:, None], np.arange(0, 32, bits, dtype=np.uint32)),
+                                    np.uint32((1 << bits) - 1))
+    return tf.reshape(tf.reshape(fields, [-1])[:count] < below, shape)
+
+
+def stateless_seed(seed_generator) -> tf.Tensor:
+    """The next int32 seed pair of a Keras ``SeedGenerator``, as Keras' TF dropout takes it (its state is int64;
+    TF's stateless ops under XLA want int32, so Keras folds it by floormod)."""
+    seed = seed_generator.next()
+    return seed if seed.dtype == tf.int32 else tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
+
+
+class BitDropout(layers.Dropout):
+    """Keras' ``Dropout`` with its keep mask from ``keep_mask``: at a keep probability j / 2**b, b Philox bits an
+    element instead of a 32-bit uniform (1/32 of the random words at dropout 0.5), the same Bernoulli law exactly,
+    from the layer's own ``SeedGenerator`` (which advances as Keras' does); the scaling, rates 0 and 1, other rates,
+    noise shapes and evaluation are Keras' own. The masks differ from stock Keras', the law does not. Used under
+    XLA on the CPU, where each Keras mask's Philox is emitted element by element (see the README)."""
+
+    def call(self, inputs, training=False):
+        keep = 1.0 - self.rate
+        if not training or self.noise_shape is not None or contract.dyadic_keep(keep) is None:
+            return super().call(inputs, training=training)
+        mask = keep_mask(stateless_seed(self.seed_generator), keep, tf.shape(inputs))
+        return inputs * np.float32(1.0 / keep) * tf.cast(mask, inputs.dtype)
+
+
 class Backend(contract.Backend):
     name = "tensorflow"
     framework = "tensorflow"
@@ -115,12 +158,18 @@ class Backend(contract.Backend):
         self.generator = tf.random.Generator.from_seed(noise_seed)
         # Keras' Dropout, one per hidden layer, each with its own seed (its SeedGenerator state is [seed, counter]).
         self.dropout_layers = [
-            layers.Dropout(p, seed=(noise_seed + 1 + i) % (2**31 - 1), name=f"dropout_{i}") if p < 1.0 else None
+            self._dropout_class()(p, seed=(noise_seed + 1 + i) % (2**31 - 1), name=f"dropout_{i}") if p < 1.0 else None
             for i, p in enumerate(model.dropouts)]
         self.mask_shapes = [tuple(s) for s in contract.noise_shapes(model, 1)]
         self._train_cache = None
         self._eval_cache = []
         self._make_functions()
+
+    def _dropout_class(self) -> type:
+        """BitDropout where the mode runs under XLA on the CPU (it keeps eager and the plain graph on one stream);
+        Keras' Dropout elsewhere."""
+        cpu_xla = self.compiled and _use_xla() and not tf.config.list_physical_devices("GPU")
+        return BitDropout if cpu_xla else layers.Dropout
 
     def _make_functions(self) -> None:
         nin = self.model.num_inputs
@@ -245,19 +294,25 @@ class Backend(contract.Backend):
         return program
 
     def noise_probe(self, *, batch_size: int):
-        """Keras' Dropout (stateless Philox from its SeedGenerator) on every hidden layer's (batch, width) array, as
-        this mode runs it: under XLA in compiled mode (more than one thread), else TF's own kernels. Fresh layers:
-        the backend's seed counters do not move."""
-        pairs = [(layers.Dropout(p, seed=i + 1), tf.ones((batch_size, w)))
-                 for i, (w, p) in enumerate(zip(self.model.hiddens, self.model.dropouts)) if 0 < p < 1]
+        """The concise model's dropout layer (``_dropout_class``) on every hidden layer's (batch, width) array, as this
+        mode runs it: under XLA in compiled mode (more than one thread), else TF's own kernels. Fresh layers: the
+        backend's seed counters do not move."""
+        dropout = self._dropout_class()
+        rates = [(w, p) for w, p in zip(self.model.hiddens, self.model.dropouts) if 0 < p < 1]
+        pairs = [(dropout(p, seed=i + 1), tf.ones((batch_size, w))) for i, (w, p) in enumerate(rates)]
 
         def dropouts():
             return [layer(x, training=True) for layer, x in pairs]
         xla = self.compiled and _use_xla()
         run = tf.function(dropouts, jit_compile=True) if xla else (tf.function(dropouts) if self.compiled
                                                                        else dropouts)
-        return (f"Keras Dropout (stateless Philox){' under XLA' if xla else ''}",
-                lambda: [t.numpy() for t in run()])
+        if dropout is BitDropout:
+            kinds = sorted({f"{dyadic[0]} Philox bit(s) an element" if (dyadic := contract.dyadic_keep(1.0 - p))
+                            else "Philox uniform >= p" for _, p in rates})
+            how = f"Keras Dropout, {', '.join(kinds)}"
+        else:
+            how = "Keras Dropout (stateless Philox)"
+        return f"{how}{' under XLA' if xla else ''}", lambda: [t.numpy() for t in run()]
 
     @staticmethod
     def _tracing() -> bool:

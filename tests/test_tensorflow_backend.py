@@ -169,3 +169,62 @@ def test_compiled_p1_gives_zeros(make_backend, fashion, impl):
     for key in ("dense_0/kernel", "dense_0/bias", "dense_1/kernel", "dense_1/bias", "dense_2/kernel"):
         np.testing.assert_array_equal(after[key], start[key], err_msg=f"{key} moved through p = 1")
     assert not np.array_equal(after["dense_2/bias"], start["dense_2/bias"])
+
+
+# --- BitDropout: Keras' Dropout with its mask from a few Philox bits under XLA -----------------------------------------
+@pytest.mark.parametrize("q", [0.5, 0.25, 0.75, 3 / 16, 0.7])
+def test_keep_masks_from_bits_have_the_law_of_a_uniform_at_least_the_rate(q):
+    """Under XLA, bits or Keras' uniform test: each element kept with probability q, neighbours independent (in one
+    word and across words: the pair (i, i + 1) kept with probability q**2), the same seed the same mask."""
+    import tensorflow as tf
+
+    from backends import tensorflow_backend as tb
+
+    draw = tf.function(lambda seed: tb.keep_mask(seed, q, (1000, 301)), jit_compile=True)  # 301 001: no whole words
+    keep = draw(tf.constant([7, 1], tf.int32)).numpy()
+    assert keep.shape == (1000, 301) and keep.dtype == bool
+    flat, n = keep.ravel().astype(np.float64), keep.size
+    assert abs(flat.mean() - q) < 4 * np.sqrt(q * (1 - q) / n)
+    pairs = (flat[:-1] * flat[1:]).mean()
+    assert abs(pairs - q * q) < 4 * np.sqrt(q * q * (1 - q * q) / (n - 1))
+    assert np.array_equal(keep, draw(tf.constant([7, 1], tf.int32)).numpy())
+    assert not np.array_equal(keep, draw(tf.constant([7, 2], tf.int32)).numpy())
+
+
+def test_bit_dropout_is_keras_dropout_but_for_how_a_dyadic_mask_is_drawn():
+    """Under XLA, at a rate whose keep probability is not j / 2**b, at rates 0 and 1 and in evaluation, BitDropout
+    gives Keras' Dropout's output to the bit; at 0.5 it keeps the elements of ``keep_mask`` at the seed Keras' own
+    dropout would take from the layer's SeedGenerator, scaled by 2, and zeroes the others; both generators advance
+    alike."""
+    import tensorflow as tf
+    from keras.src.backend.tensorflow.random import _cast_seed
+    from keras.src.random.seed_generator import draw_seed
+
+    from backends import tensorflow_backend as tb
+
+    x = tf.constant(np.random.default_rng(0).standard_normal((64, 48)) + 3.0, tf.float32)
+
+    def run(layer, training=True):
+        return tf.function(lambda: layer(x, training=training), jit_compile=True)().numpy()
+    for rate in (0.3, 0.0, 1.0):
+        assert np.array_equal(run(tb.BitDropout(rate, seed=5)), run(tb.layers.Dropout(rate, seed=5))), rate
+    assert np.array_equal(run(tb.BitDropout(0.5, seed=5), training=False), x.numpy())
+    bit, twin = tb.BitDropout(0.5, seed=5), tb.layers.Dropout(0.5, seed=5)
+    seed = _cast_seed(draw_seed(twin.seed_generator))
+    keep = tf.function(lambda: tb.keep_mask(seed, 0.5, x.shape), jit_compile=True)().numpy()
+    got = run(bit)
+    assert np.array_equal(got, np.where(keep, x.numpy() * 2.0, 0.0))
+    assert 0.4 < keep.mean() < 0.6
+    assert np.array_equal(bit.seed_generator.state.numpy(), twin.seed_generator.state.numpy())
+
+
+def test_the_concise_model_takes_bit_dropout_only_under_xla(make_backend):
+    """Compiled mode on more than one thread runs under XLA and takes BitDropout; eager mode keeps Keras' Dropout,
+    so that eager and the plain graph stay on one stream."""
+    from backends import tensorflow_backend as tb
+
+    compiled = make_backend(NAME, model=ModelSpec(), train=TrainSpec(mode="compiled"), threads=2)
+    eager = make_backend(NAME, model=ModelSpec(), train=TrainSpec(mode="eager"), threads=2)
+    assert all(type(layer) is tb.BitDropout for layer in compiled.dropout_layers)
+    assert all(type(layer) is tb.layers.Dropout for layer in eager.dropout_layers)
+    assert "1 Philox bit(s) an element under XLA" in compiled.noise_probe(batch_size=32)[0]
