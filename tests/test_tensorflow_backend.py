@@ -171,7 +171,7 @@ def test_compiled_p1_gives_zeros(make_backend, fashion, impl):
     assert not np.array_equal(after["dense_2/bias"], start["dense_2/bias"])
 
 
-# --- BitDropout: Keras' Dropout with its mask from a few Philox bits under XLA -----------------------------------------
+# --- BitDropout: Keras' Dropout with its mask from a few Philox bits under XLA ----------------------------------------
 @pytest.mark.parametrize("q", [0.5, 0.25, 0.75, 3 / 16, 0.7])
 def test_keep_masks_from_bits_have_the_law_of_a_uniform_at_least_the_rate(q):
     """Under XLA, bits or Keras' uniform test: each element kept with probability q, neighbours independent (in one
