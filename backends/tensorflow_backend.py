@@ -30,12 +30,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # start-up noise off; errors are still shown
 
-# XLA:CPU's newer fusion emitters turn the Philox ``rng-bit-generator`` fusion of a full 32-bit-uniform mask into code
-# about 2.4x slower than the classic loop emitter's (0.47 against ~0.2 ms per 256x256 mask). With them off the
-# scratch model's compiled epoch (tf.random.Generator masks) takes 0.50-0.53 s against 0.53-0.58 s, and Keras'
-# stock Dropout's 0.47-0.51 against 0.58-0.63 s (2 threads, same results to the bit). The concise model's BitDropout,
-# at 1/32 of the random words, is within 2-4 % either way. JAX's XLA (its own copy, in jaxlib) is slower without
-# them, so only this process sets it, before TF loads. A user's own setting of the flag stands.
+# XLA:CPU's newer fusion emitters make the Philox ``rng-bit-generator`` fusion of a mask drawn a 32-bit uniform an
+# element (the scratch model's, the other noise kinds', stock Keras Dropout's) about 2.4x slower than the classic loop
+# emitter does; the concise model's BitDropout, at 1/32 of the words, runs about as fast either way (README). JAX's
+# XLA (its own copy, in jaxlib) is slower without them, so only this process sets it, before TF loads. A user's own
+# setting of the flag stands.
 if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_fusion_emitters=false").strip()
 

@@ -4,6 +4,8 @@
   code paths (train_step and the whole-epoch tf.function), in both modes, and off in evaluate()/forward(train=False).
 - compiled mode: same seed -> same run; no retrace after the first epoch; p = 1 gives zeros in the concise (Keras
   Dropout) path inside tf.function.
+- BitDropout (the concise dropout under XLA on the CPU): the law of its one-bit masks, Keras' own output wherever it
+  does not draw bits, and where the backend uses it.
 """
 from __future__ import annotations
 
