@@ -136,3 +136,40 @@ def test_gemm_through_numpys_blas_and_its_fallback():
         numpy_blas.gemm(1.0, np.ones((2, 3), np.float32), np.ones((2, 3), np.float32), 0.0, np.ones((2, 3), np.float32))
     with pytest.raises(ValueError, match="disagree"):
         numpy_blas.bind(1.0, np.ones((2, 3), np.float32), np.ones((2, 3), np.float32), 0.0, np.ones((2, 3), np.float32))
+
+
+def test_byte_images_are_the_float_images_exactly_and_nothing_else(fashion):
+    """The harness's images (uint8 / 255 in float32) come back as their bytes, which divided by 255 in float32 are
+    the same floats bit for bit; data off that grid, NaN, -0.0, float64 or 1-d data get None."""
+    x = fashion.train_x[:3000]
+    images = numpy_fused.byte_images(x)
+    assert images is not None and images.dtype == np.uint8 and images.shape == x.shape
+    assert np.array_equal(np.divide(images, np.float32(255)).view(np.uint32), x.view(np.uint32))
+    off_grid = x.copy()
+    off_grid[1234, 400] = np.nextafter(off_grid[1234, 400], np.float32(1))
+    nan, negative_zero = x.copy(), x.copy()
+    nan[2999, 0] = np.nan
+    negative_zero[0, 0] = -0.0
+    for bad in (off_grid, nan, negative_zero, x * np.float32(1.5), x.astype(np.float64), x[0]):
+        assert numpy_fused.byte_images(bad) is None
+
+
+def test_an_epoch_gathered_from_bytes_is_the_epoch_gathered_from_floats(fashion, monkeypatch):
+    """The same seed and order give the same parameters and metrics to the bit whether the batches are taken from
+    the split's bytes or from its floats (the split is checked once and kept)."""
+    x, y = fashion.train_x[:1000], fashion.train_y[:1000]
+    batches = contract.EpochBatches(x=x, y=y, order=np.random.default_rng(0).permutation(1000), batch_size=256)
+
+    def run():
+        backend = Backend(model=ModelSpec(), train=TrainSpec())
+        backend.build(seed=0)
+        metrics = [backend.train_epoch(batches=batches) for _ in range(2)]
+        return backend, metrics, backend.get_params()
+    from_bytes, metrics, params = run()
+    assert from_bytes._byte_split[0] is x and from_bytes._byte_split[1] is not None
+    monkeypatch.setattr(numpy_fused, "byte_images", lambda array: None)
+    from_floats, metrics_floats, params_floats = run()
+    assert from_floats._byte_split[1] is None
+    assert metrics == metrics_floats
+    for key in params:
+        assert np.array_equal(params[key], params_floats[key]), key
