@@ -527,10 +527,7 @@ class Backend(contract.Backend):
         """XLA:CPU names its library in the compiled HLO of an m x k @ k x n dot: a ``__ynn_fusion``/``__xnn_fusion``
         (YNNPACK/XNNPACK), a oneDNN custom call, or neither (its own Eigen dot)."""
         a, b = self._put(np.ones((m, k)), np.float32), self._put(np.ones((k, n)), np.float32)
-        text = jax.jit(jnp.dot).lower(a, b).compile().as_text()
-        library = next((name for marker, name in (("__ynn", "YNNPACK"), ("__xnn", "XNNPACK"), ("onednn", "oneDNN"),
-                                                  ("cublas", "cuBLAS")) if marker in text), "Eigen")
-        return f"XLA {library}"
+        return contract.xla_gemm_library(jax.jit(jnp.dot).lower(a, b).compile().as_text())
 
     def gemm_step_probe(self, *, products, rounds: int = 1):
         """``products`` in one jitted ``fori_loop`` of ``rounds`` iterations (XLA folds each transpose into its
@@ -583,9 +580,7 @@ class Backend(contract.Backend):
         counter = iter(range(1 << 62))
         base = jax.random.PRNGKey(0)
         if layer is BitDropout:
-            kinds = sorted({f"{dyadic[0]} threefry bit(s) an element" if (dyadic := contract.dyadic_keep(1.0 - p))
-                            else "threefry uniform < 1-p" for p in rates})
-            how = f"nn.Dropout, {', '.join(kinds)}"
+            how = f"nn.Dropout, {contract.mask_draw_kinds(rates, 'threefry', 'threefry uniform < 1-p')}"
         else:
             how = "nn.Dropout (threefry)"
         return (f"{how}, jitted alone",

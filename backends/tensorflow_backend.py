@@ -248,8 +248,7 @@ class Backend(contract.Backend):
             a, b = tf.ones((m, k)), tf.ones((k, n))
             product = tf.function(lambda a, b: tf.linalg.matmul(a, b), jit_compile=True)
             text = product.experimental_get_compiler_ir(a, b)(stage="optimized_hlo")
-            return "XLA " + next((name for marker, name in (("__ynn", "YNNPACK"), ("__xnn", "XNNPACK"),
-                                                            ("onednn", "oneDNN")) if marker in text), "Eigen")
+            return contract.xla_gemm_library(text)
         onednn = _pywrap_util_port.IsMklEnabled() and os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") != "0"
         return "oneDNN (TF MatMul)" if onednn else "Eigen (TF MatMul)"
 
@@ -306,9 +305,7 @@ class Backend(contract.Backend):
         run = tf.function(dropouts, jit_compile=True) if xla else (tf.function(dropouts) if self.compiled
                                                                        else dropouts)
         if dropout is BitDropout:
-            kinds = sorted({f"{dyadic[0]} Philox bit(s) an element" if (dyadic := contract.dyadic_keep(1.0 - p))
-                            else "Philox uniform >= p" for _, p in rates})
-            how = f"Keras Dropout, {', '.join(kinds)}"
+            how = f"Keras Dropout, {contract.mask_draw_kinds([p for _, p in rates], 'Philox', 'Philox uniform >= p')}"
         else:
             how = "Keras Dropout (stateless Philox)"
         return f"{how}{' under XLA' if xla else ''}", lambda: [t.numpy() for t in run()]

@@ -583,9 +583,7 @@ class Backend(contract.Backend):
                 x * keep * (1.0 / (1.0 - p))
             self.synchronize()
         if lowered:
-            kinds = sorted({f"{dyadic[0]} mt19937 bit(s) an element" if (dyadic := contract.dyadic_keep(1.0 - p))
-                            else "torch.rand < 1-p (mt19937)" for _, p in shapes})
-            how = ", ".join(kinds)
+            how = contract.mask_draw_kinds([p for _, p in shapes], "mt19937", "torch.rand < 1-p (mt19937)")
         else:
             how = f"bernoulli_ ({self.device.type} generator)"
         return how, draw

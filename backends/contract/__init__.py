@@ -4,6 +4,7 @@
   noise kinds);
 - ``backend``: the ``Backend`` base class, ``Capabilities``, the metrics, ``EpochBatches``;
 - ``noise``: the shapes and the NumPy draw of the injected noise, the noise RNG's seed, ``dyadic_keep``;
+- ``xla``: what XLA's compiled HLO says of the GEMM library it runs;
 - ``initialization``: the ``shared`` initialisation;
 - ``timing``: the ``Stopwatch`` (synchronises the device at every reading);
 - ``threads``: the environment that sizes every framework's thread pools.
@@ -12,8 +13,9 @@ from backends.contract.backend import (  # noqa: F401
     Backend, Capabilities, EpochBatches, EpochMetrics, EvalMetrics, Params, check_params, held_operand_shapes,
 )
 from backends.contract.initialization import shared_init  # noqa: F401
-from backends.contract.noise import draw_masks, dyadic_keep, noise_seed, noise_shapes  # noqa: F401
+from backends.contract.noise import draw_masks, dyadic_keep, mask_draw_kinds, noise_seed, noise_shapes  # noqa: F401
 from backends.contract.spec import (  # noqa: F401
     DEVICES, IMPLS, INITS, MODES, NOISE_KINDS, ModelSpec, SpecError, TrainSpec,
 )
 from backends.contract.timing import Stopwatch  # noqa: F401
+from backends.contract.xla import xla_gemm_library  # noqa: F401

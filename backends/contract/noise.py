@@ -51,3 +51,11 @@ def dyadic_keep(q: float) -> tuple[int, int] | None:
     while j % 2 == 0:
         j, b = j // 2, b - 1
     return (b, j) if b in KEEP_BITS else None
+
+
+def mask_draw_kinds(rates, generator: str, otherwise: str) -> str:
+    """How a backend that takes ``dyadic_keep`` masks draws them at these dropout rates, for the bench's noise
+    label: "b <generator> bit(s) an element" for a rate whose keep probability is j / 2**b, else ``otherwise``; the
+    distinct kinds, sorted, comma-separated."""
+    return ", ".join(sorted({f"{dyadic[0]} {generator} bit(s) an element" if (dyadic := dyadic_keep(1.0 - p))
+                             else otherwise for p in rates}))
