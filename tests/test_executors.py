@@ -139,3 +139,34 @@ def test_a_ray_address_where_no_ray_head_answers_is_one_line_at_once_and_makes_n
         expected = "not a Ray head's GCS" if name.endswith("8765") else "nothing answers there"
         assert expected in lines[0], (name, lines[0])
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_worker_killed_before_it_reads_its_request_is_reported_killed_not_unstartable(tmp_path, monkeypatch):
+    """The race the Ray test can hit: the worker dies between its start and the write of its request. Writing to
+    its closed pipe must not turn a SIGKILL into "cannot start the worker" (local) or a BrokenPipeError (Ray)."""
+    import queue
+    import signal
+
+    from experiments.executors import process as worker_process
+    from experiments.executors.base import Launch
+    from experiments.executors.local import LocalExecutor
+    from experiments.executors.process import describe_exit
+
+    real_popen = subprocess.Popen
+
+    def popen_then_kill(*args, **kwargs):
+        started = real_popen(*args, **kwargs)
+        started.send_signal(signal.SIGKILL)
+        started.wait()
+        return started
+
+    monkeypatch.setattr(worker_process.subprocess, "Popen", popen_then_kill)
+    executor = LocalExecutor(jobs=1)
+    sink: queue.Queue = queue.Queue()
+    executor.submit(0, Launch(backend="numpy", request={"job": {}}, threads=1, gpu=False, label="killed-early",
+                              log_path=tmp_path / "worker.log"), sink)
+    events = [sink.get(timeout=60)[1] for _ in range(2)]
+    executor.shutdown()
+    assert events[0]["event"] == "placed"
+    assert events[1] == {"event": "exit", "code": -signal.SIGKILL}, events[1]
+    assert describe_exit(events[1]["code"]) == "worker killed by signal SIGKILL"

@@ -27,8 +27,16 @@ def start_worker(backend: str, request: dict[str, Any], *, threads: int, label: 
     process = subprocess.Popen([registry.resolve(backend).interpreter, "-m", "experiments.worker", label],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=registry.PROJECT_ROOT,
                                env=env, text=True, start_new_session=True)
-    process.stdin.write(json.dumps(dict(request, parent_pid=os.getpid())))
-    process.stdin.close()
+    try:
+        process.stdin.write(json.dumps(dict(request, parent_pid=os.getpid())))
+        process.stdin.close()
+    except BrokenPipeError:
+        # The worker died before it read its request (killed from outside, out of memory): not a failure to start
+        # it. Its exit status, read by stream_events, says how it died.
+        try:
+            process.stdin.close()
+        except OSError:
+            pass
     return process
 
 
