@@ -30,14 +30,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # start-up noise off; errors are still shown
 
-# XLA:CPU's newer fusion emitters make the Philox ``rng-bit-generator`` fusion of a mask drawn a 32-bit uniform an
-# element (the scratch model's, the other noise kinds', stock Keras Dropout's) about 2.4x slower than the classic loop
-# emitter does; the concise model's BitDropout, at 1/32 of the words, runs about as fast either way (README). JAX's
-# XLA (its own copy, in jaxlib) is slower without them, so only this process sets it, before TF loads. A user's own
-# setting of the flag stands.
-if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_fusion_emitters=false").strip()
-
 from typing import Mapping  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -76,6 +68,33 @@ def _configure_threads(threads: int | None) -> None:
 
 def _scale(p: float) -> float:
     return 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
+
+
+EMITTER_FLAG = "xla_cpu_use_fusion_emitters"
+_emitters_chosen: bool | None = None  # this module's choice for the process, once made
+
+
+def bit_draws_only(model) -> bool:
+    """Whether the model's training draws under XLA on the CPU are all ``BitDropout``'s: the concise model's dropout
+    at rates whose keep probability ``contract.dyadic_keep`` takes, or no draw at all (every rate 0)."""
+    bit_dropout = model.impl == "concise" and model.noise == "dropout"
+    return all(p == 0 or (bit_dropout and contract.dyadic_keep(1.0 - p) is not None) for p in model.dropouts)
+
+
+def choose_fusion_emitters(model) -> None:
+    """Set XLA:CPU's fusion emitters for this process from its first XLA model, before its first XLA compilation
+    (TF reads ``XLA_FLAGS`` then, once; the choice changes speed only, the results are the same to the bit).
+
+    The newer emitters make the Philox ``rng-bit-generator`` fusion of a mask drawn a 32-bit uniform an element (the
+    scratch model's, the other noise kinds', Keras' Dropout at other rates) about 2.4x slower than the classic loop
+    emitter; a model whose draws are all ``BitDropout``'s, at 1/32 of the words, runs 5-8 % faster with them (the
+    README's bench section). A user's own setting of the flag stands."""
+    global _emitters_chosen
+    if _emitters_chosen is not None or EMITTER_FLAG in os.environ.get("XLA_FLAGS", ""):
+        return
+    _emitters_chosen = bit_draws_only(model)
+    if not _emitters_chosen:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --{EMITTER_FLAG}=false").strip()
 
 
 def keep_mask(seed, q: float, shape) -> tf.Tensor:
@@ -127,6 +146,8 @@ class Backend(contract.Backend):
         super().__init__(model=model, train=train, threads=threads)
         _configure_threads(threads)
         self.compiled = train.mode == "compiled"
+        if self._cpu_xla():
+            choose_fusion_emitters(model)
         self.trace_count = 0  # Python side effect: how many times a compiled function body was traced
 
     # --- construction ----------------------------------------------------------------------------------------------
@@ -167,8 +188,10 @@ class Backend(contract.Backend):
     def _dropout_class(self) -> type:
         """BitDropout where the mode runs under XLA on the CPU (it keeps eager and the plain graph on one stream);
         Keras' Dropout elsewhere."""
-        cpu_xla = self.compiled and _use_xla() and not tf.config.list_physical_devices("GPU")
-        return BitDropout if cpu_xla else layers.Dropout
+        return BitDropout if self._cpu_xla() else layers.Dropout
+
+    def _cpu_xla(self) -> bool:
+        return self.compiled and _use_xla() and not tf.config.list_physical_devices("GPU")
 
     def _make_functions(self) -> None:
         nin = self.model.num_inputs

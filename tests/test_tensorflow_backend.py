@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -230,3 +232,63 @@ def test_the_concise_model_takes_bit_dropout_only_under_xla(make_backend):
     assert all(type(layer) is tb.BitDropout for layer in compiled.dropout_layers)
     assert all(type(layer) is tb.layers.Dropout for layer in eager.dropout_layers)
     assert "1 Philox bit(s) an element under XLA" in compiled.noise_probe(batch_size=32)[0]
+
+
+# --- XLA's fusion emitters: chosen once a process, from its first model under XLA --------------------------------------
+def test_only_a_model_whose_draws_are_all_bit_dropouts_counts_as_bit_draws_only():
+    from backends import tensorflow_backend as tb
+
+    assert tb.bit_draws_only(ModelSpec())  # D2L's 0.5 and 0.5
+    assert tb.bit_draws_only(ModelSpec(dropouts=(0.25, 0.75)))
+    assert tb.bit_draws_only(ModelSpec(impl="scratch", dropouts=(0.0, 0.0)))  # no draw at all
+    assert not tb.bit_draws_only(ModelSpec(dropouts=(0.2, 0.5)))  # Keras' own uniform at 0.2
+    assert not tb.bit_draws_only(ModelSpec(dropouts=(1.0, 0.5)))
+    assert not tb.bit_draws_only(ModelSpec(impl="scratch"))
+    assert not tb.bit_draws_only(ModelSpec(noise="gaussian"))
+
+
+EMITTER_PROBE = """
+import json, os, sys
+import os
+
+import numpy as np
+from backends import contract, tensorflow_backend as tb
+from backends.contract.spec import ModelSpec, TrainSpec
+
+dump, impls = sys.argv[1], sys.argv[2:]
+# Added after the import: XLA reads XLA_FLAGS at its first compilation, which is why the backend chooses at __init__.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_dump_to=" + dump).strip()
+backends = [tb.Backend(model=ModelSpec(impl=impl), train=TrainSpec(mode="compiled", batch_size=32), threads=2)
+            for impl in impls]
+backends[0].build(seed=0)
+n = 64
+backends[0].train_epoch(batches=contract.EpochBatches(x=np.zeros((n, 784), np.float32), y=np.zeros(n, np.int32),
+                                                      order=np.arange(n), batch_size=32))
+print(json.dumps({"flags": os.environ["XLA_FLAGS"], "dumped": len(os.listdir(dump))}))
+"""
+
+
+@pytest.mark.parametrize("impls, user_flags, expected", [
+    (("concise", "scratch"), "", None),  # the first model's choice stands for the process
+    (("scratch", "concise"), "", "false"),
+    (("scratch",), "--xla_cpu_use_fusion_emitters=true", "true"),  # a user's own setting stands
+])
+def test_the_first_model_under_xla_chooses_the_fusion_emitters_before_xla_reads_its_flags(tmp_path, impls,
+                                                                                           user_flags, expected):
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("tensorflow")
+    from backends import registry
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(PYTHONPATH=str(registry.PROJECT_ROOT), CUDA_VISIBLE_DEVICES="", **({"XLA_FLAGS": user_flags}
+                                                                                 if user_flags else {}))
+    run = subprocess.run([sys.executable, "-c", EMITTER_PROBE, str(tmp_path), *impls], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    probe = json.loads(run.stdout.strip().splitlines()[-1])
+    settings = [flag.split("=", 1)[1] for flag in probe["flags"].split() if "xla_cpu_use_fusion_emitters" in flag]
+    assert settings == ([] if expected is None else [expected]), probe["flags"]
+    assert probe["dumped"] > 0, "XLA did not read XLA_FLAGS at its first compilation"
