@@ -234,7 +234,7 @@ def test_the_concise_model_takes_bit_dropout_only_under_xla(make_backend):
     assert "1 Philox bit(s) an element under XLA" in compiled.noise_probe(batch_size=32)[0]
 
 
-# --- XLA's fusion emitters: chosen once a process, from its first model under XLA --------------------------------------
+# --- XLA's fusion emitters: chosen once a process, from its first model under XLA -------------------------------------
 def test_only_a_model_whose_draws_are_all_bit_dropouts_counts_as_bit_draws_only():
     from backends import tensorflow_backend as tb
 
