@@ -87,7 +87,7 @@ def choose_fusion_emitters(model) -> None:
 
     The newer emitters make the Philox ``rng-bit-generator`` fusion of a mask drawn a 32-bit uniform an element (the
     scratch model's, the other noise kinds', Keras' Dropout at other rates) about 2.4x slower than the classic loop
-    emitter; a model whose draws are all ``BitDropout``'s, at 1/32 of the words, runs 5-8 % faster with them (the
+    emitter; a model whose draws are all ``BitDropout``'s, at 1/32 of the words, runs 5-9 % faster with them (the
     README's bench section). A user's own setting of the flag stands."""
     global _emitters_chosen
     if _emitters_chosen is not None or EMITTER_FLAG in os.environ.get("XLA_FLAGS", ""):
