@@ -10,10 +10,14 @@ changes is where the arithmetic happens:
 - ReLU and noise are one multiplier per hidden layer, ``dm = [z > 0] * mult``: the forward is ``h = z * dm + offset``
   and the backward ``dh * dm``. ``z * dm`` equals ``ReLU(z) * mult`` but for the sign of a zero, and for a ``z`` of
   -inf (only weights or inputs that have already overflowed give one), which becomes NaN instead of 0;
-- native dropout draws its keep mask as PCG64's raw 32-bit words compared with an integer threshold: the same words,
-  in the same order, that ``Generator.random(dtype=float32)`` turns into ``u = (w >> 8) / 2**24`` before
-  ``u > p``, so the masks are bit for bit ``contract.draw_masks``' (``keep_threshold`` says why the threshold is
-  exact), without the float conversion;
+- native dropout's keep mask is ``contract.draw_keep``'s, bit for bit: at a dyadic keep probability (D2L's 0.5)
+  its b-bit fields compared in place; at any other rate PCG64's raw 32-bit words compared with an integer
+  threshold, the same words, in the same order, that ``Generator.random(dtype=float32)`` turns into
+  ``u = (w >> 8) / 2**24`` before ``u > p`` (``keep_threshold`` says why the threshold is exact), without the float
+  conversion;
+- each hidden layer's activation overwrites its pre-activation (``Workspace.h`` is ``Workspace.z``): nothing reads
+  ``z`` after ``h = z * dm``, and a product written over one of its operands skips the write-allocate reads of a
+  third megabyte-sized buffer;
 - the logits are computed transposed, (classes, batch), so that the softmax reduces along contiguous rows;
 - the step's eight products are CBLAS calls bound once to the batch buffer, the kernels and the workspace
   (``numpy_blas.bind``, made again when one of those arrays is another one), not a ``gemm`` wrapper per call.
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backends import numpy_blas
+from backends import contract, numpy_blas
 
 _WORD_BITS = 24  # Generator.random(dtype=float32) keeps the top 24 bits of each 32-bit word
 
@@ -92,7 +96,7 @@ class Workspace:
         hidden = sizes[1:-1]
         self.z = [np.empty((batch, width), dtype) for width in hidden]
         self.multiplier = [np.empty((batch, width), dtype) for width in hidden]
-        self.h = [np.empty((batch, width), dtype) for width in hidden]
+        self.h = self.z  # written in place over the pre-activation, which nothing reads afterwards
         self.dh = [np.empty((batch, width), dtype) for width in hidden]
         self.keep = [np.empty((batch, width), bool) for width in hidden]
         self.positive = [np.empty((batch, width), bool) for width in hidden]
@@ -107,9 +111,16 @@ class Workspace:
 
 
 def draw_keep(rng: np.random.Generator, keep: np.ndarray, p: float) -> None:
-    """``keep = u > p`` for the next uniforms of ``rng``, exactly as ``contract.draw_masks`` draws them."""
-    if p == 0:  # draw_masks consumes nothing for p = 0
+    """``contract.draw_keep(rng, keep.shape, p)`` written into ``keep``, exactly as the plain step draws it: the same
+    bit fields at a dyadic keep probability, else the float32 uniforms' own 32-bit words against
+    ``keep_threshold``."""
+    if p == 0:  # draw_keep consumes nothing for p = 0
         keep.fill(True)
+        return
+    dyadic = contract.dyadic_keep(1.0 - p)
+    if dyadic is not None:
+        bits, kept = dyadic
+        np.greater_equal(contract.keep_fields(rng, keep.size, bits).reshape(keep.shape), (1 << bits) - kept, out=keep)
         return
     words = draw_words(rng, keep.size)
     if words is None:

@@ -1,7 +1,8 @@
 """NumPy reference backend with hand-written backpropagation: the oracle every framework is checked against.
 
 ``Backend`` trains in float32 like the frameworks; ``Oracle`` is the same code in float64, used by the parity tests.
-``concise`` and ``scratch`` are the same here: the section's ``dropout_layer`` is the only dropout NumPy has.
+``concise`` and ``scratch`` are the same here: the section's ``dropout_layer`` is the only dropout NumPy has, its keep
+mask ``contract.draw_keep``'s (``uniform > p``, from one random bit an element at D2L's p = 0.5).
 """
 from __future__ import annotations
 
@@ -42,7 +43,12 @@ class Backend(contract.Backend):
 
     # --- noise -------------------------------------------------------------------------------------------------
     def _draw(self, batch_size: int) -> list[np.ndarray]:
-        return contract.draw_masks(self.model, batch_size, self.rng)
+        """The backend's own noise: keep masks from ``contract.draw_keep`` (bit fields at a dyadic keep
+        probability), Gaussian draws as ``contract.draw_masks`` makes them."""
+        if self.model.noise not in ("dropout", "dropconnect"):
+            return contract.draw_masks(self.model, batch_size, self.rng)
+        return [contract.draw_keep(self.rng, shape, p).astype(np.float32)
+                for shape, p in zip(contract.noise_shapes(self.model, batch_size), self.model.dropouts)]
 
     def _noise_terms(self, masks: Sequence[np.ndarray]) -> list[tuple[np.ndarray | float, np.ndarray | float]]:
         """Per hidden layer, (multiplier, offset) so that noisy = h * multiplier + offset; for dropconnect the
@@ -217,7 +223,7 @@ class Backend(contract.Backend):
         return run
 
     def noise_probe(self, *, batch_size: int):
-        """The fused step's native dropout: PCG64 words against the integer threshold, the multiplier, the product."""
+        """The fused step's native dropout: its keep masks (``numpy_fused.draw_keep``), the multiplier, the product."""
         rng = np.random.default_rng(0)
         arrays = [(np.ones((batch_size, w), self.dtype), np.empty((batch_size, w), bool),
                    np.empty((batch_size, w), self.dtype), p) for w, p in zip(self.model.hiddens, self.model.dropouts)]
@@ -227,7 +233,8 @@ class Backend(contract.Backend):
                 numpy_fused.draw_keep(rng, keep, p)
                 np.multiply(keep, self.dtype(_noise_scale(p)), out=multiplier)
                 np.multiply(x, multiplier, out=multiplier)
-        return "PCG64 raw words vs an integer threshold (NumPy)", draw
+        kinds = contract.mask_draw_kinds(self.model.dropouts, "PCG64", "PCG64 raw words vs an integer threshold")
+        return f"{kinds} (NumPy)", draw
 
     def activations(self, *, x, train, masks=None) -> dict[str, np.ndarray]:
         terms = self._terms_for(len(x), masks) if train else None

@@ -107,6 +107,41 @@ def test_words_are_the_stream_generator_random_float32_reads():
     assert numpy_fused.draw_words(a, 3) is None
 
 
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_keep_fields_are_the_raw_outputs_bits_in_order(bits):
+    """Field k is bits k*b .. k*b+b-1 of the raw 64-bit stream (little-endian), and ceil(count*b/64) outputs are
+    consumed: recomputed here from the outputs as Python integers."""
+    count = 1001  # not a whole number of outputs at any b
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    fields = contract.keep_fields(a, count, bits)
+    outputs = [int(w) for w in b.bit_generator.random_raw(-(-count * bits // 64))]
+    expected = [(outputs[k * bits // 64] >> (k * bits % 64)) & ((1 << bits) - 1) for k in range(count)]
+    assert fields.dtype == np.uint8 and fields.tolist() == expected
+    assert a.bit_generator.state == b.bit_generator.state
+
+
+@pytest.mark.parametrize("p", [0.5, 0.25, 0.75, 1 - 3 / 16, 0.2, 0.0, 1.0])
+def test_native_keep_masks_have_the_law_of_keep_with_probability_1_minus_p(p):
+    """``draw_keep``: from bit fields at a dyadic 1 - p (every field value counted: exactly j of 2**b are kept),
+    from ``uniform > p`` otherwise; its mean within four standard errors of 1 - p, neighbours independent, and the
+    fused step's in-place draw the same mask from the same stream position."""
+    dyadic = contract.dyadic_keep(1.0 - p)
+    if dyadic is not None:
+        bits, kept = dyadic
+        assert sum(field >= (1 << bits) - kept for field in range(1 << bits)) == kept
+    shape = (1000, 301)
+    a, b = np.random.default_rng(9), np.random.default_rng(9)
+    keep = contract.draw_keep(a, shape, p)
+    assert keep.shape == shape and keep.dtype == bool
+    flat, n, q = keep.reshape(-1).astype(np.float64), keep.size, 1.0 - p
+    assert abs(flat.mean() - q) <= 4 * np.sqrt(q * (1 - q) / n)
+    assert abs((flat[:-1] * flat[1:]).mean() - q * q) <= 4 * np.sqrt(q * q * (1 - q * q) / (n - 1)) + 1e-12
+    in_place = np.empty(shape, bool)
+    numpy_fused.draw_keep(b, in_place, p)
+    np.testing.assert_array_equal(in_place, keep)
+    assert _stream_position(a) == _stream_position(b)
+
+
 def test_gemm_through_numpys_blas_and_its_fallback():
     assert numpy_blas.library(np.float32) is not None, "NumPy's CBLAS sgemm was not found: the fused step falls back"
     rng = np.random.default_rng(3)

@@ -13,7 +13,8 @@ from backends.contract.backend import (  # noqa: F401
     Backend, Capabilities, EpochBatches, EpochMetrics, EvalMetrics, Params, check_params, held_operand_shapes,
 )
 from backends.contract.initialization import shared_init  # noqa: F401
-from backends.contract.noise import draw_masks, dyadic_keep, mask_draw_kinds, noise_seed, noise_shapes  # noqa: F401
+from backends.contract.noise import (  # noqa: F401
+    draw_keep, draw_masks, dyadic_keep, keep_fields, mask_draw_kinds, noise_seed, noise_shapes)
 from backends.contract.spec import (  # noqa: F401
     DEVICES, IMPLS, INITS, MODES, NOISE_KINDS, ModelSpec, SpecError, TrainSpec,
 )

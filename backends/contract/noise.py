@@ -1,5 +1,5 @@
 """The injected noise of the contract: its shapes, the NumPy draw the parity oracle uses, the noise RNG's seed; and
-which keep probabilities a mask can draw from a few random bits an element (``dyadic_keep``)."""
+which keep probabilities a mask can draw from a few random bits an element (``dyadic_keep``, ``keep_fields``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -26,6 +26,36 @@ def draw_masks(model: ModelSpec, batch_size: int, rng: np.random.Generator) -> l
         else:
             masks.append(rng.standard_normal(shape, dtype=np.float32))
     return masks
+
+
+def draw_keep(rng: np.random.Generator, shape: tuple[int, ...], p: float) -> np.ndarray:
+    """The NumPy backend's native keep mask of ``shape`` at dropout p, from ``rng`` (injected masks stay
+    ``draw_masks``'): the section's ``uniform > p``, where
+    ``dyadic_keep(1 - p)`` gives (b, j) from b random bits an element (``keep_fields``, kept when at least
+    2**b - j: exactly probability 1 - p, which D2L's float32 ``u > p`` misses by 2**-24); p = 0 keeps all and draws
+    nothing."""
+    if p == 0:
+        return np.ones(shape, dtype=bool)
+    dyadic = dyadic_keep(1.0 - p)
+    if dyadic is None:
+        return rng.random(shape, dtype=np.float32) > p
+    bits, kept = dyadic
+    count = int(np.prod(shape))
+    return (keep_fields(rng, count, bits) >= (1 << bits) - kept).reshape(shape)
+
+
+def keep_fields(rng: np.random.Generator, count: int, bits: int) -> np.ndarray:
+    """``count`` fields of ``bits`` random bits each (``bits`` in ``KEEP_BITS``), as uint8, from
+    ``ceil(count * bits / 64)`` raw 64-bit outputs of ``rng``'s bit generator: each output's bytes in little-endian
+    order, each byte's fields from its lowest bits up. A 64-bit output serves 64 / bits elements where
+    ``Generator.random(dtype=float32)`` gives one element a 32-bit half."""
+    octets = rng.bit_generator.random_raw(-(-count * bits // 64)).astype("<u8", copy=False).view(np.uint8)
+    if bits == 1:
+        return np.unpackbits(octets, count=count, bitorder="little")
+    if bits == 8:
+        return octets[:count]
+    shifts = np.arange(0, 8, bits, dtype=np.uint8)
+    return ((octets[:, None] >> shifts) & np.uint8((1 << bits) - 1)).reshape(-1)[:count]
 
 
 def noise_seed(seed: int) -> int:
