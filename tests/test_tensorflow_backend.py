@@ -249,7 +249,6 @@ def test_only_a_model_whose_draws_are_all_bit_dropouts_counts_as_bit_draws_only(
 
 EMITTER_PROBE = """
 import json, os, sys
-import os
 
 import numpy as np
 from backends import contract, tensorflow_backend as tb
