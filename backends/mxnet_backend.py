@@ -10,7 +10,9 @@ How the framework is used, and why:
 - ``concise`` dropout is D2L's ``nn.HybridSequential``: Dense(relu), Dropout, Dense(relu), Dropout, Dense. Gluon's
   Dropout is active only while ``autograd.is_training()``: inside ``autograd.record()`` (training) and under
   ``autograd.train_mode()`` (``forward(train=True)`` and ``activations(train=True)`` outside training). Gluon's Dropout
-  at p = 1 gives NaN (its scale 1/(1-p) is infinite), so at p = 1 that layer is an explicit zeros block instead.
+  at p = 1 gives NaN (its scale 1/(1-p) is infinite), so at p = 1 that layer is an explicit zeros block instead. At a
+  keep probability j / 2**b (D2L's 0.5) the layer is ``ByteDropout``: the same law, its mask from MXNet's random
+  bytes, which the backend draws before each step as the layer's input (the chain is then an ``_MLP`` graph).
 - Evaluation runs a noise-free chain of the same Dense layers under ``autograd.predict_mode()``. It is a graph of its
   own because a Python branch on ``autograd.is_training()`` (D2L's scratch model) is frozen into a hybridized graph
   when it is traced: every graph here therefore has its noise fixed when it is built, and the mode flag only matters
@@ -32,10 +34,9 @@ How the framework is used, and why:
   There is no Python API to change it later (``MXSetNumOMPThreads`` only sets the calling thread's OpenMP default,
   not the engine's worker threads), so ``threads`` is checked against the environment and a mismatch is reported.
   The engine is chosen from the same count before the import (``_choose_engine``).
-- Where the time goes, compiled, 2 threads, per ~2.7 ms step: the GEMMs (oneDNN) and ReLUs ~1.4 ms, Gluon's Dropout
-  ~0.6 ms (its CPU kernel draws each element from one of 1,024 Mersenne-twister states through
-  ``uniform_real_distribution``: ~8 ns an element a thread; the pip build has no MKL VSL path and only SSE2/SSE3
-  kernels), ``sgd_update`` 0.23 ms, loss and counts 0.2 ms, the gather 0.1 ms.
+- Gluon's Dropout is slow on the CPU: its kernel draws each element from one of 1,024 Mersenne-twister states
+  through ``uniform_real_distribution`` (3-8 ns an element; the pip build has no MKL VSL path and only SSE2/SSE3
+  kernels), hence ``ByteDropout``; the README's bench section has the measurements.
 """
 from __future__ import annotations
 
@@ -107,6 +108,51 @@ class _DropAll(gluon.HybridBlock):
         return F.np.zeros_like(x)
 
 
+class ByteDropout(gluon.HybridBlock):
+    """Gluon's ``Dropout`` at a keep probability j / 2**b (D2L's 0.5: b = 1), its keep mask from random bytes of
+    MXNet's own generator: each byte (``randint(0, 256)``: one mt19937 output modulo 256, uniform exactly) holds the
+    b-bit fields of 8 / b neighbouring elements, kept when a field is at least 2**b - j (probability j / 2**b
+    exactly), and ``take`` expands the bytes through a 256 x (8 / b) table of those decisions already scaled by
+    1 / (1 - p); one product applies it. The masks differ from Gluon's, the law does not.
+
+    Why: Gluon's CPU Dropout spends 3-5 ns an element in its sampler (a ``uniform_real_distribution`` over one of
+    1,024 mt19937 states an element); a byte serves eight elements at 0.5. The bytes come in as the layer's input,
+    drawn by ``draw`` before the step: a hybridized graph is traced once for every batch size and MXNet has no
+    ``randint_like``, so a draw inside the graph could not take its shape from the batch."""
+
+    def __init__(self, p: float, width: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        bits, kept = contract.dyadic_keep(1.0 - p)
+        self.p, self.width, self.per_byte = float(p), int(width), 8 // bits
+        if self.width % self.per_byte:
+            raise ValueError(f"ByteDropout needs a width that is a multiple of {self.per_byte}, got {width}")
+        fields = (onp.arange(256)[:, None] >> (bits * onp.arange(self.per_byte))) & ((1 << bits) - 1)
+        table = onp.where(fields >= (1 << bits) - kept, onp.float32(_scale(p)), onp.float32(0.0))
+        self.table = self.params.get_constant("table", table.astype(onp.float32))
+
+    @staticmethod
+    def bits_for(p: float) -> int:
+        """b, the random bits an element at dropout p (None where 1 - p is not j / 2**b)."""
+        dyadic = contract.dyadic_keep(1.0 - p)
+        return dyadic[0] if dyadic else None
+
+    @staticmethod
+    def applies(p: float, width: int) -> bool:
+        """Whether a concise dropout layer of this rate and width takes ByteDropout (else Gluon's own)."""
+        bits = ByteDropout.bits_for(p)
+        return bits is not None and width % (8 // bits) == 0
+
+    def draw(self, batch_size: int, out=None):
+        """One step's bytes, (batch, width / (8 / b)) int32 from MXNet's global generator (into ``out``, an nd
+        array, when given)."""
+        shape = (int(batch_size), self.width // self.per_byte)
+        return mx.nd.random.randint(0, 256, shape=shape, dtype="int32", ctx=_CTX, out=out)
+
+    def hybrid_forward(self, F, h, draw, table):
+        scaled_keep = F.npx.reshape(F.np.take(table, draw, axis=0, mode="clip"), (-2, -5))  # (B, W / 8, 8) -> (B, W)
+        return h * scaled_keep
+
+
 class _Noise(gluon.HybridBlock):
     """One hidden layer's activation noise, written with framework ops; draws its own, or applies an injected draw
     (a 0/1 keep mask for dropout, z ~ N(0, 1) for gaussian and additive)."""
@@ -171,6 +217,7 @@ class _MLP(gluon.HybridBlock):
     def hybrid_forward(self, F, x, *draws):
         hidden = []
         h = x
+        native = iter(draws)  # without inject: one input per ByteDropout, in layer order
         last = len(self.denses) - 1
         for i, dense in enumerate(self.denses):
             mult = self._weight_mult(F, i - 1, draws) if (self.dropconnect is not None and i > 0) else None
@@ -179,7 +226,12 @@ class _MLP(gluon.HybridBlock):
                 break
             pre = h
             if self.noises is not None:
-                h = self.noises[i](h, draws[i]) if self.inject else self.noises[i](h)
+                if self.inject:
+                    h = self.noises[i](h, draws[i])
+                elif isinstance(self.noises[i], ByteDropout):
+                    h = self.noises[i](h, next(native))
+                else:
+                    h = self.noises[i](h)
             hidden += [pre, h]
         return (h, *hidden) if self.probe else h
 
@@ -289,39 +341,45 @@ class _EpochStep(gluon.HybridBlock):
         super().__init__(**kwargs)
         self.objective = objective
 
-    def hybrid_forward(self, F, x_all, y_all, rows):
+    def hybrid_forward(self, F, x_all, y_all, rows, *draws):
         x = F.np.take(x_all, rows, axis=0, mode="wrap")  # rows are a permutation's slice: every mode gathers alike
         y = F.np.take(y_all, rows, axis=0, mode="wrap")
-        loss, correct = self.objective(x, y)
+        loss, correct = self.objective(x, y, *draws)
         return loss, F.np.stack([loss, correct])
 
 
 class _BoundStep:
     """The compiled epoch's step as one bound graph: the ``_EpochStep`` symbol of the same Gluon blocks, bound with
     ``Symbol.bind`` to the parameters' own data and gradient arrays (views of ``_SGD``'s buffers) and to the whole
-    training split, for one batch size.
+    training split (and each ByteDropout's bytes: inputs that ``run`` redraws in place), for one batch size.
 
     Why not the hybridized block (``CachedOp``) as eager-style calls per batch: every ``CachedOp`` call under
     ``autograd.record`` builds and then walks an autograd graph, 0.38 ms of fixed cost per step here (measured with a
     2-unit model) in a ~3 ms step, and the batch gather, label slice and metric copies are three more operator calls
-    from Python. The bound executor plans forward and backward once; a step is one index copy, ``forward``,
+    from Python. The bound executor plans forward and backward once; a step is one index copy, the bytes' draws,
+    ``forward``,
     ``backward``, the update and one metrics copy. Two threads, naive engine: 0.73 s per epoch with the hybridized
     block, 0.64 s bound, 0.61 s bound with ``_SGD.step_prescaled``; same operators, and with the same update the
     same results to the bit (the parity ladder's whole-epoch rungs run this path, with and without weight decay)."""
 
-    def __init__(self, objective, params, x_all, y_all, batch_size: int, head_gradient: float) -> None:
-        names = ("x_all", "y_all", "rows")
-        inputs = [mx.sym.var(name).as_np_ndarray() for name in names]
+    def __init__(self, objective, x_all, y_all, batch_size: int, head_gradient: float, byte_dropouts=()) -> None:
+        self.byte_dropouts, self.batch_size = list(byte_dropouts), batch_size
+        draw_names = [f"draw{i}" for i in range(len(self.byte_dropouts))]
+        inputs = [mx.sym.var(name).as_np_ndarray() for name in ("x_all", "y_all", "rows", *draw_names)]
         loss, record = _EpochStep(objective)(*inputs)
         loss = mx.sym.MakeLoss(loss.as_nd_ndarray().reshape((1,)), grad_scale=head_gradient)  # backward's seed
         graph = mx.sym.Group([loss, mx.sym.BlockGrad(record.as_nd_ndarray())])
         self.rows = mx.nd.zeros((batch_size,), ctx=_CTX, dtype="int64")
-        args, grads, reqs = {"x_all": x_all, "y_all": y_all, "rows": self.rows}, {}, {}
-        by_name = {param.name: param for param in params}
+        self.draws = [layer.draw(batch_size) for layer in self.byte_dropouts]  # bound: redrawn in place each step
+        args = {"x_all": x_all, "y_all": y_all, "rows": self.rows, **dict(zip(draw_names, self.draws))}
+        grads, reqs = {}, {}
+        by_name = {param.name: param for param in objective.collect_params().values()}
         for name in graph.list_arguments():
-            if name in by_name:
-                args[name] = by_name[name].data().as_nd_ndarray()  # shares the parameter's memory
-                grads[name] = by_name[name].grad().as_nd_ndarray()
+            param = by_name.get(name)
+            if param is not None:
+                args[name] = param.data().as_nd_ndarray()  # shares the parameter's memory
+            if param is not None and param.grad_req != "null":  # ByteDropout's tables are constants
+                grads[name] = param.grad().as_nd_ndarray()
                 reqs[name] = "write"
             else:
                 reqs[name] = "null"
@@ -333,6 +391,8 @@ class _BoundStep:
 
     def run(self, rows: onp.ndarray, record_out) -> None:
         self.rows._sync_copyfrom(rows)  # what ``rows[:] = ...`` ends in, without its indexing dispatch (0.1 ms)
+        for layer, draw in zip(self.byte_dropouts, self.draws):
+            layer.draw(self.batch_size, out=draw)
         self.executor.forward(is_train=True)
         self.executor.backward()
         self.record.copyto(record_out)
@@ -377,14 +437,21 @@ class Backend(contract.Backend):
             self._train_net = _MLP(self.denses, dropconnect=dropouts)
             self._noises = None
         elif model.impl == "concise" and noise == "dropout":
-            self._noises = [_DropAll() if p >= 1 else nn.Dropout(p) for p in dropouts]
-            self._train_net = nn.HybridSequential()  # D2L's DropoutMLP
-            for dense, drop in zip(self.denses, self._noises):
-                self._train_net.add(dense, drop)
-            self._train_net.add(self.denses[-1])
+            self._noises = [_DropAll() if p >= 1 else ByteDropout(p, width) if ByteDropout.applies(p, width)
+                            else nn.Dropout(p) for p, width in zip(dropouts, model.hiddens)]
+            if any(isinstance(drop, ByteDropout) for drop in self._noises):
+                self._train_net = _MLP(self.denses, self._noises)  # D2L's DropoutMLP, the bytes as inputs
+            else:
+                self._train_net = nn.HybridSequential()  # D2L's DropoutMLP
+                for dense, drop in zip(self.denses, self._noises):
+                    self._train_net.add(dense, drop)
+                self._train_net.add(self.denses[-1])
         else:  # scratch dropout (the section's dropout_layer), and gaussian/additive in both impls
             self._noises = [_Noise(noise, p) for p in dropouts]
             self._train_net = _MLP(self.denses, self._noises)
+        self._byte_dropouts = [drop for drop in self._noises or () if isinstance(drop, ByteDropout)]
+        for drop in self._byte_dropouts:
+            drop.initialize(ctx=_CTX)  # its table
         self._graph(self._eval_net)
         self._graph(self._train_net)
         self._train_objective = self._graph(_Objective(self._train_net))
@@ -416,6 +483,10 @@ class Backend(contract.Backend):
                 raise KeyError(key)
             self._lazy[key] = self._graph(block)
         return self._lazy[key]
+
+    def _native_draws(self, batch_size: int) -> list:
+        """The bytes every ByteDropout of the training graph takes for one step of ``batch_size``, in layer order."""
+        return [layer.draw(batch_size).as_np_ndarray() for layer in self._byte_dropouts]
 
     def _reseed(self) -> None:
         """A fresh MXNet seed from the backend's own noise generator, before every call that draws noise."""
@@ -468,12 +539,12 @@ class Backend(contract.Backend):
             if masks is not None:
                 return self._lazy_graph("inject")(xb, *self._draws(masks, len(x))).asnumpy()
             self._reseed()
-            return self._train_net(xb).asnumpy()
+            return self._train_net(xb, *self._native_draws(len(x))).asnumpy()
 
     def _objective_and_draws(self, masks, batch_size):
         if masks is None:
             self._reseed()
-            return self._train_objective, []
+            return self._train_objective, self._native_draws(batch_size)
         return self._lazy_graph("inject_objective"), self._draws(masks, batch_size)
 
     def loss_and_grads(self, *, x, y, masks=None) -> tuple[float, Params]:
@@ -506,10 +577,10 @@ class Backend(contract.Backend):
 
     def _bound_step(self, batch_size: int) -> _BoundStep:
         if batch_size not in self._bound_steps:
-            params = [p for dense in self.denses for p in (dense.weight, dense.bias)]
-            self._bound_steps[batch_size] = _BoundStep(self._train_objective, params, self._x_dev.as_nd_ndarray(),
+            self._bound_steps[batch_size] = _BoundStep(self._train_objective, self._x_dev.as_nd_ndarray(),
                                                        self._y_dev.as_nd_ndarray(), batch_size,
-                                                       head_gradient=self._sgd.head_gradient)
+                                                       head_gradient=self._sgd.head_gradient,
+                                                       byte_dropouts=self._byte_dropouts)
         return self._bound_steps[batch_size]
 
     def train_epoch(self, *, batches: EpochBatches) -> EpochMetrics:
@@ -544,8 +615,9 @@ class Backend(contract.Backend):
         y_epoch = np.take(y_dev, order_dev, axis=0, mode="wrap")
         for start in range(0, len(order), size):  # no host read inside the loop: metrics stay on the MXNet side
             xb, yb = np.take(x_dev, order_dev[start:start + size], axis=0, mode="wrap"), y_epoch[start:start + size]
+            draws = self._native_draws(len(yb))
             with autograd.record():
-                loss, correct = objective(xb, yb)
+                loss, correct = objective(xb, yb, *draws)
             loss.backward()
             sgd.step()
             losses.append(loss)
@@ -574,7 +646,7 @@ class Backend(contract.Backend):
                     outputs = self._lazy_graph("probe_inject")(xb, *self._draws(masks, len(x)))
                 else:
                     self._reseed()
-                    outputs = self._lazy_graph("probe_native")(xb)
+                    outputs = self._lazy_graph("probe_native")(xb, *self._native_draws(len(x)))
         result = {}
         for i in range(len(self.model.hiddens)):
             result[f"hidden_{i}/pre_noise"] = outputs[1 + 2 * i].asnumpy().astype(onp.float32)
@@ -611,22 +683,27 @@ class Backend(contract.Backend):
         return run
 
     def noise_probe(self, *, batch_size: int):
-        """Gluon's Dropout (MXNet's global generator, which the backend reseeds before each of its own draws) on
-        every hidden layer's (batch, width) array in training mode, hybridized in compiled mode."""
-        blocks = []
+        """The concise model's dropout (ByteDropout with its bytes, or Gluon's Dropout; MXNet's global generator,
+        which the backend reseeds before each of its own draws) on every hidden layer's (batch, width) array in
+        training mode, hybridized in compiled mode."""
+        blocks, kinds = [], set()
         for w, p in zip(self.model.hiddens, self.model.dropouts):
             if 0 < p < 1:
-                block = nn.Dropout(p)
+                block = ByteDropout(p, w) if ByteDropout.applies(p, w) else nn.Dropout(p)
+                block.initialize(ctx=_CTX)
                 if self.train.mode == "compiled":
                     block.hybridize(static_alloc=True, static_shape=True)
                 blocks.append((block, np.ones((batch_size, w))))
+                kinds.add(f"{8 // block.per_byte} mt19937 bit(s) an element (ByteDropout: randint bytes, a table)"
+                          if isinstance(block, ByteDropout) else "Gluon Dropout (MXNet's CPU sampler)")
 
         def draw():
             with autograd.train_mode():
-                outputs = [block(x) for block, x in blocks]
+                outputs = [block(x, block.draw(batch_size).as_np_ndarray()) if isinstance(block, ByteDropout)
+                           else block(x) for block, x in blocks]
             for out in outputs:
                 out.wait_to_read()
-        return "Gluon Dropout (MXNet's CPU sampler)", draw
+        return ", ".join(sorted(kinds)), draw
 
     def synchronize(self) -> None:
         mx.nd.waitall()

@@ -8,6 +8,7 @@ This file runs in the MAIN venv and never imports mxnet: the backend is reached 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -131,3 +132,92 @@ def test_short_run_through_the_runner_reports_mxnet(tmp_path):
     for row in rows:
         assert row["backend"] == "mxnet" and row["framework_version"] == version
         assert row["epochs_completed"] == 1 and row["final_val_acc"] > 0.3, row
+
+
+# --- (e) ByteDropout: the concise dropout's keep masks from MXNet's random bytes, through a table ------------------
+_BYTE_TABLE_PROBE = """
+import json, sys
+import numpy as onp
+from mxnet import autograd, np
+from backends.mxnet_backend import ByteDropout
+out = {}
+for p in json.loads(sys.argv[1]):
+    layer = ByteDropout(p, 256 * 8 // ByteDropout.bits_for(p))  # one row of bytes 0..255: every byte value once
+    layer.initialize()
+    draw = np.array(onp.arange(256, dtype=onp.int32)[None, :])
+    with autograd.train_mode():
+        eager = layer(np.ones((1, layer.width)), draw).asnumpy()
+        layer.hybridize(static_alloc=True, static_shape=True)
+        hybridized = layer(np.ones((1, layer.width)), draw).asnumpy()
+    out[repr(p)] = [eager.ravel().tolist(), hybridized.ravel().tolist()]
+drawn = ByteDropout(0.5, 256).draw(4096).asnumpy()
+out["bytes"] = onp.bincount(drawn.ravel(), minlength=256).tolist()
+from backends.contract.spec import ModelSpec, TrainSpec
+from backends.mxnet_backend import Backend
+for rates in ((0.25, 0.25), (0.3, 0.3), (0.5, 0.3)):
+    backend = Backend(model=ModelSpec(impl="concise", dropouts=rates), train=TrainSpec(mode="compiled"))
+    backend.build(seed=0)
+    label, draw = backend.noise_probe(batch_size=8)
+    draw()
+    out[repr(rates)] = [label, [type(layer).__name__ for layer in backend._noises]]
+print(json.dumps(out))
+"""
+
+
+def test_byte_dropout_keeps_each_element_by_its_bits_of_one_byte_exactly():
+    """Every byte value through ByteDropout's table (eager and hybridized): element i of byte k is kept, scaled by
+    1 / (1 - p), exactly when bits [b i, b i + b) of k, read as an integer, are at least 2**b - j, for keep
+    probabilities j / 2**b at b = 1, 2, 4 and 8; MXNet's ``randint(0, 256)`` bytes are uniform over 0..255; a
+    concise layer takes ByteDropout at such a rate and Gluon's Dropout at any other, and the bench's noise probe
+    says which."""
+    require_backend("mxnet")
+    rates = [0.5, 0.25, 0.75, 1 - 3 / 16, 1 - 37 / 256]
+    interpreter = backends.registry.resolve("mxnet").interpreter
+    result = subprocess.run([interpreter, "-c", _BYTE_TABLE_PROBE, json.dumps(rates)], cwd=backends.PROJECT_ROOT,
+                            capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(backends.PROJECT_ROOT), OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    for p in rates:
+        bits, kept = contract.dyadic_keep(1 - p)
+        per_byte = 8 // bits
+        expected = [np.float32(1 / (1 - p)) if (k >> (bits * i)) & ((1 << bits) - 1) >= (1 << bits) - kept else 0.0
+                    for k in range(256) for i in range(per_byte)]
+        for name, got in zip(("eager", "hybridized"), out[repr(p)]):
+            np.testing.assert_array_equal(np.float32(got), np.float32(expected), err_msg=f"p = {p} {name}")
+        assert np.isclose(np.mean(np.array(expected) > 0), 1 - p), p
+    counts = np.array(out["bytes"])
+    assert counts.sum() == 4096 * 32
+    chi2 = float(((counts - counts.mean()) ** 2 / counts.mean()).sum())  # 255 degrees of freedom: mean 255, sd 22.6
+    assert 255 - 5 * 22.6 < chi2 < 255 + 5 * 22.6, chi2
+    bytes_label = "2 mt19937 bit(s) an element (ByteDropout: randint bytes, a table)"
+    assert out[repr((0.25, 0.25))] == [bytes_label, ["ByteDropout", "ByteDropout"]]
+    assert out[repr((0.3, 0.3))] == ["Gluon Dropout (MXNet's CPU sampler)", ["Dropout", "Dropout"]]
+    assert out[repr((0.5, 0.3))] == ["1 mt19937 bit(s) an element (ByteDropout: randint bytes, a table), "
+                                     "Gluon Dropout (MXNet's CPU sampler)", ["ByteDropout", "Dropout"]]
+
+
+@pytest.mark.parametrize("p", (0.25, 0.75))
+def test_concise_dropout_at_a_dyadic_rate_has_its_law_and_the_same_masks_in_both_modes(make_backend, fashion, p):
+    """The concise model's native masks at keep probability 3/4 and 1/4 (two bits an element): each live unit
+    kept with probability 1 - p, neighbours in a byte (lag 1) and the same bit of the next byte (lag 4)
+    independent, survivors scaled by 1 / (1 - p); eager and compiled draw the same masks from the same seed."""
+    model = ModelSpec(impl="concise", dropouts=(p, p))
+    x = fashion.train_x[:4096]
+    masks = {}
+    for mode in MODES:
+        backend = make_backend("mxnet", model=model, train=TrainSpec(mode=mode), seed=3)
+        activations = backend.activations(x=x, train=True)
+        pre, post = activations["hidden_1/pre_noise"], activations["hidden_1/post_noise"]
+        alive = pre > 0
+        np.testing.assert_allclose(post[alive & (post != 0)], pre[alive & (post != 0)] / (1 - p), rtol=1e-6)
+        masks[mode] = (alive, post != 0)
+    np.testing.assert_array_equal(masks["eager"][1], masks["compiled"][1])
+    alive, kept = masks["compiled"]
+    q = 1 - p
+    n = int(alive.sum())
+    assert abs(kept[alive].mean() - q) < 4 * np.sqrt(q * (1 - q) / n)
+    for lag in (1, 4):
+        both = alive[:, :-lag] & alive[:, lag:]
+        pairs = (kept[:, :-lag] & kept[:, lag:])[both]
+        assert abs(pairs.mean() - q * q) < 4 * np.sqrt(q * q * (1 - q * q) / pairs.size), lag
