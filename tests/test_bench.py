@@ -78,6 +78,19 @@ def test_the_necessary_floor_leaves_out_only_the_first_input_gradient_at_any_wid
             2 * 100 * sizes[0] * sizes[1] == sum(g["flops"] for g in gemms if not g["necessary"])
 
 
+def test_a_floor_measured_without_a_variable_runs_without_it(monkeypatch):
+    """``unset`` keeps a variable of this environment out of the floor's process (and only that one): OpenBLAS
+    then picks its own kernels, where ``OPENBLAS_CORETYPE`` named them."""
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    named = bench_floor.measure_floor(threads=1, sizes=(24, 8, 4), batch=16, rounds=1, calls=1)
+    own = bench_floor.measure_floor(threads=1, sizes=(24, 8, 4), batch=16, rounds=1, calls=1,
+                                    unset=("OPENBLAS_CORETYPE",))
+    assert named["environment"]["OPENBLAS_CORETYPE"] == "Haswell" and own["environment"]["OPENBLAS_CORETYPE"] is None
+    assert own["environment"]["OPENBLAS_NUM_THREADS"] == named["environment"]["OPENBLAS_NUM_THREADS"] == "1"
+    pools = [p for p in named["blas"]["threadpools"] if p.get("internal_api") == "openblas"]
+    assert pools and all(p["architecture"] == "Haswell" for p in pools)
+
+
 def test_the_full_and_necessary_floors_and_the_peak_come_from_one_measurement():
     gemms = [dict(name=f"g{i}", flops=2e9, necessary=i > 0, samples=[1.0, 2.0, 3.0]) for i in range(3)]
     floor = bench_floor._summarize(gemms, [1e11, 2e11, 4e11])
@@ -148,7 +161,8 @@ def numpy_bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "run"
     result = subprocess.run([*HARNESS, "bench", "--backend", "numpy", "--repeats", "2", "--train-limit", "3000",
                              "--threads", "1", "--out", str(out)], capture_output=True, text=True,
-                            cwd=backends.PROJECT_ROOT, timeout=900)
+                            cwd=backends.PROJECT_ROOT, timeout=900,
+                            env=dict(os.environ, OPENBLAS_CORETYPE="Haswell"))  # the kernels by name, as here
     assert result.returncode == 0, result.stderr
     return out, result
 
@@ -171,6 +185,11 @@ def test_numpy_bench_writes_its_files_with_the_documented_columns(numpy_bench):
     assert "| backend | mode | steady s" in markdown and "x floor" in markdown and "BLAS:" in markdown
     assert "Where the time goes (batch 256)" in markdown and ("AVX" in markdown or "ISA unknown" in markdown)
     assert "peak sgemm" in markdown and "full count only" in markdown
+    own = meta["floor_own_kernels"]  # the floor once more without OPENBLAS_CORETYPE
+    assert own["set_to"] == "Haswell" and own["environment"]["OPENBLAS_CORETYPE"] is None
+    assert meta["floor"]["environment"]["OPENBLAS_CORETYPE"] == "Haswell"
+    assert own["ratio_to_floor"] == pytest.approx(own["floor_seconds"] / meta["bench"]["floor_seconds"])
+    assert "OPENBLAS_CORETYPE=Haswell in this environment names the floor's BLAS kernels" in markdown
     assert "numpy" in result.stdout and "floor:" in result.stdout  # the table on the console
     timings = read_csv(out / "timings.csv")  # the harness's own timings, one row per epoch and job
     assert [r["variant"] for r in timings] == ["d2l"] * 3 + ["noise-off"] * 3

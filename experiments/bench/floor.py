@@ -206,9 +206,11 @@ def blas_line(blas: dict[str, Any]) -> str:
 
 
 def measure_floor(*, threads: int, sizes: Sequence[int], batch: int, rounds: int = FLOOR_ROUNDS,
-                  calls: int = FLOOR_CALLS, timeout: float = 300.0) -> dict[str, Any]:
-    """Time the step's GEMMs in a fresh process with the jobs' environment (the runner's thread variables)."""
-    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT), **thread_environment(threads))
+                  calls: int = FLOOR_CALLS, timeout: float = 300.0, unset: Sequence[str] = ()) -> dict[str, Any]:
+    """Time the step's GEMMs in a fresh process with the jobs' environment (the runner's thread variables), less
+    the variables named in ``unset``."""
+    env = {name: value for name, value in os.environ.items() if name not in unset}
+    env.update(PYTHONPATH=str(PROJECT_ROOT), **thread_environment(threads))
     request = json.dumps({"sizes": list(sizes), "batch": batch, "rounds": rounds, "calls": calls})
     result = subprocess.run([sys.executable, "-m", "experiments.bench.floor"], input=request,
                             capture_output=True, text=True, cwd=PROJECT_ROOT, env=env, timeout=timeout)
@@ -219,6 +221,28 @@ def measure_floor(*, threads: int, sizes: Sequence[int], batch: int, rounds: int
     floor["threads"] = threads
     floor["interpreter"] = sys.executable
     return floor
+
+
+KERNEL_CHOICE = "OPENBLAS_CORETYPE"  # OpenBLAS's kernels by name instead of its own choice for the CPU
+
+
+def own_kernels_floor(floor: dict[str, Any], *, threads: int, sizes: Sequence[int], batch: int,
+                      n_train: int) -> dict[str, Any] | None:
+    """Where this environment sets ``KERNEL_CHOICE``, the floor once more with it unset, OpenBLAS choosing its
+    kernels for this CPU: how far the environment's choice holds the floor (and NumPy's BLAS) from what the
+    machine's own kernels reach. None where the variable is not set.
+
+    Why: the jobs' NumPy runs the environment's kernels, so the floor keeps them; but a framework with its own GEMM
+    library (oneDNN, XLA's) picks its kernels from the CPU, and where the named kernels are narrower than the CPU's
+    (Haswell's AVX2 on an AVX-512 machine) it beats that floor by the difference, not by doing less work."""
+    chosen = os.environ.get(KERNEL_CHOICE)
+    if not chosen:
+        return None
+    own = measure_floor(threads=threads, sizes=sizes, batch=batch, unset=(KERNEL_CHOICE,))
+    return {"unset": KERNEL_CHOICE, "set_to": chosen, "floor_seconds": floor_seconds(own, n_train, batch),
+            "gflops": own["gflops"], "peak_gflops": own.get("peak_gflops"), "blas_line": blas_line(own["blas"]),
+            "environment": own["environment"],
+            "ratio_to_floor": floor_seconds(own, n_train, batch) / floor_seconds(floor, n_train, batch)}
 
 
 def floor_seconds(floor: dict[str, Any], n_train: int, batch: int, *, full: bool = False) -> float:

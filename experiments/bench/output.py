@@ -56,10 +56,26 @@ def machine_line(meta: dict[str, Any], floor: dict[str, Any] | None) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in sorted((meta.get("frameworks") or {}).items()) if k != "numpy")
     blas = blas_line(floor["blas"]) if floor else "unmeasured"
     peak = f", peak sgemm {floor['peak_gflops']:.0f} GFLOP/s" if floor and floor.get("peak_gflops") else ""
+    own = meta.get("floor_own_kernels")
+    if peak and own and own.get("peak_gflops"):
+        peak += f" ({own['unset']}={own['set_to']}; {own['peak_gflops']:.0f} with OpenBLAS's own kernels)"
     return (f"CPU: {meta.get('cpu')} ({meta.get('vector_isa') or 'ISA unknown'}, {meta.get('cpu_count')} cores{peak}); "
             f"threads: {meta.get('threads')}; "
             f"device: {meta.get('bench', {}).get('device')}; Python {meta.get('python')}, NumPy {meta.get('numpy')}"
             f"{'; ' + versions if versions else ''}; BLAS: {blas}")
+
+
+def own_kernels_lines(own: dict[str, Any] | None) -> list[str]:
+    """The paragraph on the floor measured once more without the environment's kernel choice, where it was."""
+    if not own:
+        return []
+    return [f"{own['unset']}={own['set_to']} in this environment names the floor's BLAS kernels (the NumPy jobs run "
+            f"them too). Measured once more after the last job with it unset, OpenBLAS choosing its own kernels for "
+            f"this CPU ({own['blas_line']}): the same GEMMs took {own['floor_seconds']:.3f} s/epoch "
+            f"({own['gflops']:.0f} GFLOP/s on the model's shapes; peak {own['peak_gflops']:.0f} GFLOP/s), "
+            f"{own['ratio_to_floor']:.2f}x the floor above. Against that floor every `x floor` here would be "
+            f"{1 / own['ratio_to_floor']:.2f} times as high: a framework that picks its GEMM kernels from the CPU "
+            f"(oneDNN, XLA's) beats the floor above by the kernels' difference, not by doing less work.", ""]
 
 
 def floor_summary(floor: dict[str, Any] | None, n_train: int, batch: int, sizes: Sequence[int]) -> str:
@@ -103,7 +119,7 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any],
         lines += [floor_summary(floor, n_train, batch, sizes) + ".", "",
                   f"Measured in its own process with the jobs' environment and threads ({floor['threads']}), under "
                   f"{floor['interpreter']} (NumPy {floor['numpy']}; BLAS: {blas_line(floor['blas'])}). "
-                  f"Environment: {env}.", "",
+                  f"Environment: {env}.", "", *own_kernels_lines(meta.get("floor_own_kernels")),
                   "Counted (the necessary floor): the GEMMs a training step needs: per layer the forward product and "
                   "the kernel gradient, and the input gradient of every layer but the first (the gradient w.r.t. "
                   "the images feeds nothing; no framework computes it). Elementwise work is not counted. That is "

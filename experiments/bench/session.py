@@ -19,8 +19,8 @@ from backends import registry
 from backends.contract.spec import MODES, ModelSpec
 from experiments import catalog
 from experiments.bench.floor import (
-    BLAS_ENVIRONMENT, FASHION_MNIST_TRAIN, blas_line, epoch_flops, floor_seconds, measure_floor, pool_floors,
-    vector_isa,
+    BLAS_ENVIRONMENT, FASHION_MNIST_TRAIN, KERNEL_CHOICE, blas_line, epoch_flops, floor_seconds, measure_floor,
+    own_kernels_floor, pool_floors, vector_isa,
 )
 from experiments.bench.output import write_chart
 from experiments.bench.rows import COLUMNS, EventLog, bench_row, unavailable_row
@@ -130,6 +130,14 @@ def run_size(args, argv: list[str], *, chosen: list[str], modes: tuple[str, ...]
     floor = pool_floors(measured, labels)
     n_train = next((epochs[0]["n_train"] for epochs in log.epochs.values() if epochs),
                    args.train_limit or FASHION_MNIST_TRAIN)
+    own_kernels = None
+    if floor and os.environ.get(KERNEL_CHOICE):
+        print(f"floor: once more with {KERNEL_CHOICE} unset (OpenBLAS's own kernels for this CPU) ...",
+              file=sys.stderr)
+        try:
+            own_kernels = own_kernels_floor(floor, threads=args.threads, sizes=sizes, batch=batch, n_train=n_train)
+        except (RuntimeError, OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
+            print(f"warning: {exc}", file=sys.stderr)
     floor_epoch = floor_seconds(floor, n_train, batch) if floor else None
     floor_full = floor_seconds(floor, n_train, batch, full=True) if floor else None
     for name, mode in runnable:
@@ -169,7 +177,8 @@ def run_size(args, argv: list[str], *, chosen: list[str], modes: tuple[str, ...]
                        "epoch_flops": epoch_flops(sizes, n_train), "epoch_flops_full": epoch_flops(sizes, n_train,
                                                                                                    full=True),
                        "floor_seconds": floor_epoch, "floor_full_seconds": floor_full, "noise_off_jobs": noise_off},
-                floor=floor, floor_error=floor_error or None, threads=args.threads, device=args.device,
+                floor=floor, floor_error=floor_error or None, floor_own_kernels=own_kernels, threads=args.threads,
+                device=args.device,
                 vector_isa=vector_isa(), blas=(floor or {}).get("blas"),
                 blas_line=blas_line(floor["blas"]) if floor else None,
                 blas_environment={name: os.environ.get(name) for name in BLAS_ENVIRONMENT},
