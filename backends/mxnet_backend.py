@@ -35,7 +35,7 @@ How the framework is used, and why:
   not the engine's worker threads), so ``threads`` is checked against the environment and a mismatch is reported.
   The engine is chosen from the same count before the import (``_choose_engine``).
 - Gluon's Dropout is slow on the CPU: its kernel draws each element from one of 1,024 Mersenne-twister states
-  through ``uniform_real_distribution`` (3-8 ns an element; the pip build has no MKL VSL path and only SSE2/SSE3
+  through ``uniform_real_distribution`` (3-6 ns an element; the pip build has no MKL VSL path and only SSE2/SSE3
   kernels), hence ``ByteDropout``; the README's bench section has the measurements.
 """
 from __future__ import annotations
@@ -115,7 +115,7 @@ class ByteDropout(gluon.HybridBlock):
     exactly), and ``take`` expands the bytes through a 256 x (8 / b) table of those decisions already scaled by
     1 / (1 - p); one product applies it. The masks differ from Gluon's, the law does not.
 
-    Why: Gluon's CPU Dropout spends 3-5 ns an element in its sampler (a ``uniform_real_distribution`` over one of
+    Why: Gluon's CPU Dropout spends 3-6 ns an element in its sampler (a ``uniform_real_distribution`` over one of
     1,024 mt19937 states an element); a byte serves eight elements at 0.5. The bytes come in as the layer's input,
     drawn by ``draw`` before the step: a hybridized graph is traced once for every batch size and MXNet has no
     ``randint_like``, so a draw inside the graph could not take its shape from the batch."""
@@ -131,7 +131,7 @@ class ByteDropout(gluon.HybridBlock):
         self.table = self.params.get_constant("table", table.astype(onp.float32))
 
     @staticmethod
-    def bits_for(p: float) -> int:
+    def bits_for(p: float) -> int | None:
         """b, the random bits an element at dropout p (None where 1 - p is not j / 2**b)."""
         dyadic = contract.dyadic_keep(1.0 - p)
         return dyadic[0] if dyadic else None
@@ -142,11 +142,13 @@ class ByteDropout(gluon.HybridBlock):
         bits = ByteDropout.bits_for(p)
         return bits is not None and width % (8 // bits) == 0
 
+    def draw_shape(self, batch_size: int) -> tuple[int, int]:
+        return int(batch_size), self.width // self.per_byte
+
     def draw(self, batch_size: int, out=None):
-        """One step's bytes, (batch, width / (8 / b)) int32 from MXNet's global generator (into ``out``, an nd
-        array, when given)."""
-        shape = (int(batch_size), self.width // self.per_byte)
-        return mx.nd.random.randint(0, 256, shape=shape, dtype="int32", ctx=_CTX, out=out)
+        """One step's bytes, ``draw_shape`` int32 from MXNet's global generator (into ``out``, an nd array, when
+        given)."""
+        return mx.nd.random.randint(0, 256, shape=self.draw_shape(batch_size), dtype="int32", ctx=_CTX, out=out)
 
     def hybrid_forward(self, F, h, draw, table):
         scaled_keep = F.npx.reshape(F.np.take(table, draw, axis=0, mode="clip"), (-2, -5))  # (B, W / 8, 8) -> (B, W)
@@ -357,10 +359,9 @@ class _BoundStep:
     ``autograd.record`` builds and then walks an autograd graph, 0.38 ms of fixed cost per step here (measured with a
     2-unit model) in a ~3 ms step, and the batch gather, label slice and metric copies are three more operator calls
     from Python. The bound executor plans forward and backward once; a step is one index copy, the bytes' draws,
-    ``forward``,
-    ``backward``, the update and one metrics copy. Two threads, naive engine: 0.73 s per epoch with the hybridized
-    block, 0.64 s bound, 0.61 s bound with ``_SGD.step_prescaled``; same operators, and with the same update the
-    same results to the bit (the parity ladder's whole-epoch rungs run this path, with and without weight decay)."""
+    ``forward``, ``backward``, the update and one metrics copy. Two threads, naive engine: 0.73 s per epoch with the
+    hybridized block, 0.64 s bound, 0.61 s bound with ``_SGD.step_prescaled``; same operators, and with the same
+    update the same results to the bit (the parity ladder's whole-epoch rungs run this path, with and without weight decay)."""
 
     def __init__(self, objective, x_all, y_all, batch_size: int, head_gradient: float, byte_dropouts=()) -> None:
         self.byte_dropouts, self.batch_size = list(byte_dropouts), batch_size
@@ -370,7 +371,9 @@ class _BoundStep:
         loss = mx.sym.MakeLoss(loss.as_nd_ndarray().reshape((1,)), grad_scale=head_gradient)  # backward's seed
         graph = mx.sym.Group([loss, mx.sym.BlockGrad(record.as_nd_ndarray())])
         self.rows = mx.nd.zeros((batch_size,), ctx=_CTX, dtype="int64")
-        self.draws = [layer.draw(batch_size) for layer in self.byte_dropouts]  # bound: redrawn in place each step
+        # bound inputs, drawn in place by every step (allocated without a draw: the stream stays the eager mode's)
+        self.draws = [mx.nd.zeros(layer.draw_shape(batch_size), ctx=_CTX, dtype="int32")
+                      for layer in self.byte_dropouts]
         args = {"x_all": x_all, "y_all": y_all, "rows": self.rows, **dict(zip(draw_names, self.draws))}
         grads, reqs = {}, {}
         by_name = {param.name: param for param in objective.collect_params().values()}

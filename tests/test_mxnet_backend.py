@@ -221,3 +221,20 @@ def test_concise_dropout_at_a_dyadic_rate_has_its_law_and_the_same_masks_in_both
         both = alive[:, :-lag] & alive[:, lag:]
         pairs = (kept[:, :-lag] & kept[:, lag:])[both]
         assert abs(pairs.mean() - q * q) < 4 * np.sqrt(q * q * (1 - q * q) / pairs.size), lag
+
+
+def test_the_compiled_epoch_draws_the_eager_epochs_bytes(make_backend, fashion):
+    """With native ByteDropout noise and the same seed, the bound compiled epoch and the eager one draw the same
+    bytes step by step (the bound inputs are allocated without a draw), so they end at the same parameters up to
+    the compiled update's rounding (lr folded into the backward pass: about 1e-7 a step); other masks would move
+    them by far more."""
+    batches = contract.EpochBatches(x=fashion.train_x[:768], y=fashion.train_y[:768], order=np.arange(768),
+                                    batch_size=256)
+    params = {}
+    for mode in MODES:
+        backend = make_backend("mxnet", model=ModelSpec(impl="concise"), train=TrainSpec(mode=mode), seed=5)
+        backend.train_epoch(batches=batches)
+        params[mode] = backend.get_params()
+    for key, value in params["eager"].items():
+        np.testing.assert_allclose(params["compiled"][key], value, rtol=0, atol=1e-5 * float(np.abs(value).max()),
+                                   err_msg=key)
