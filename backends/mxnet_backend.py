@@ -361,7 +361,8 @@ class _BoundStep:
     from Python. The bound executor plans forward and backward once; a step is one index copy, the bytes' draws,
     ``forward``, ``backward``, the update and one metrics copy. Two threads, naive engine: 0.73 s per epoch with the
     hybridized block, 0.64 s bound, 0.61 s bound with ``_SGD.step_prescaled``; same operators, and with the same
-    update the same results to the bit (the parity ladder's whole-epoch rungs run this path, with and without weight decay)."""
+    update the same results to the bit (the parity ladder's whole-epoch rungs run this path, with and without
+    weight decay)."""
 
     def __init__(self, objective, x_all, y_all, batch_size: int, head_gradient: float, byte_dropouts=()) -> None:
         self.byte_dropouts, self.batch_size = list(byte_dropouts), batch_size
