@@ -65,8 +65,9 @@ class Backend(contract.Backend):
         return terms
 
     # --- forward / backward ------------------------------------------------------------------------------------
-    def _forward(self, x: np.ndarray, terms) -> tuple[np.ndarray, list]:
-        """Logits and what backward needs. ``terms`` is None for noise off.
+    def _forward(self, x: np.ndarray, terms, pre: list | None = None) -> tuple[np.ndarray, list]:
+        """Logits and what backward needs. ``terms`` is None for noise off; ``pre``, when given, gets a copy of each
+        hidden layer's pre-activation.
 
         Every array made here is fresh, so the elementwise steps run in place (``z += bias``, ReLU into ``z``): the
         same operations in the same order, without a new 256 KB array each (allocation and page faults cost more than
@@ -83,6 +84,8 @@ class Backend(contract.Backend):
             tape.append((h, effective, weight_mult))
             if i == self.num_layers - 1:
                 return z, tape
+            if pre is not None:
+                pre.append(z.copy())
             relu = np.maximum(z, 0, out=z)
             h = relu
             if terms is not None and not dropconnect:
@@ -235,6 +238,13 @@ class Backend(contract.Backend):
                 np.multiply(x, multiplier, out=multiplier)
         kinds = contract.mask_draw_kinds(self.model.dropouts, "PCG64", "PCG64 raw words vs an integer threshold")
         return f"{kinds} (NumPy)", draw
+
+    def pre_activations(self, *, x, masks) -> list[np.ndarray]:
+        """Each hidden layer's pre-activation (before its ReLU) for ``x`` under the injected ``masks``, in this
+        backend's precision."""
+        pre: list = []
+        self._forward(x, self._terms_for(len(x), masks), pre)
+        return pre
 
     def activations(self, *, x, train, masks=None) -> dict[str, np.ndarray]:
         terms = self._terms_for(len(x), masks) if train else None

@@ -40,3 +40,27 @@ def test_rung(make_backend, fashion, case):
     assert checks, "a rung must measure something"
     missed = [check.message() for check in checks if not check.passed]
     assert not missed, f"{case.id}: " + "; ".join(missed)
+
+
+def test_sgd_trajectory_names_the_relu_kink_where_every_float32_framework_leaves_the_oracle(make_backend, fashion,
+                                                                                            monkeypatch):
+    """The dropconnect trajectory under other masks of the same law (one PCG64 bit an element, ``draw_keep``) leaves
+    the float64 oracle at step 7, where one first-layer pre-activation of the oracle (8.5e-8) lies on the other side
+    of zero in float32: the steps before it pass, and every check that fails names that step's kink."""
+    import numpy as np
+
+    from backends import contract
+    from experiments.parity import rungs
+    from experiments.parity.case import Case
+
+    def bit_masks(model, batch_size, rng):
+        return [contract.draw_keep(rng, shape, p).astype(np.float32)
+                for shape, p in zip(contract.noise_shapes(model, batch_size), model.dropouts)]
+    monkeypatch.setattr(contract, "draw_masks", bit_masks)
+    case = Case(rung="sgd_trajectory", backend="numpy", impl="concise", mode="eager", noise="dropconnect",
+                run=rungs.sgd_trajectory, steps=9)
+    checks = case(make_backend, fashion)
+    assert all(c.passed for c in checks if c.step < 7)
+    failed = [c for c in checks if not c.passed]
+    assert failed and min(c.step for c in failed) == 7
+    assert all("at step 7: 1 unit(s), the oracle's pre-activation 8.5e-08" in c.what for c in failed), failed[0].what

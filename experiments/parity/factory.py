@@ -8,7 +8,7 @@ import numpy as np
 
 from backends import contract, registry
 from backends.contract.spec import ModelSpec, TrainSpec
-from backends.numpy_ref import Oracle
+from backends.numpy_ref import Backend as Float32Reference, Oracle
 from backends.remote.client import RemoteBackend
 
 
@@ -65,6 +65,29 @@ def oracle_for(model: ModelSpec, train: TrainSpec, seed: int = 0) -> Oracle:
     oracle = Oracle(model=model, train=dataclasses.replace(train, mode="eager", device="cpu"))
     oracle.build(seed=seed, params=contract.shared_init(model, seed))
     return oracle
+
+
+class ReluKinks:
+    """Which of the oracle's ReLUs a float32 computation puts on the other side of zero: the same forward as the
+    oracle's, from its parameters rounded to float32, in float32 (the NumPy reference backend, unfused). Where one
+    does, the float32 frameworks' trajectories may all leave the float64 oracle together at that step, which says
+    nothing about any backend; ``sgd_trajectory`` names such steps beside a failure."""
+
+    def __init__(self, model: ModelSpec, train: TrainSpec) -> None:
+        self.twin = Float32Reference(model=model, train=dataclasses.replace(train, mode="eager", device="cpu"))
+        self.twin.fused = False
+        self.twin.build(seed=0, params=contract.shared_init(model, 0))
+
+    def count(self, oracle: Oracle, *, x, masks) -> tuple[int, float]:
+        """(units whose ReLU differs, the smallest |pre-activation| of the oracle among them) before the oracle's
+        next step on ``x``; (0, nan) where none does."""
+        self.twin.set_params(params={k: v.astype(np.float32) for k, v in oracle.get_params().items()})
+        exact = oracle.pre_activations(x=x, masks=masks)
+        rounded = self.twin.pre_activations(x=x, masks=masks)
+        flipped = [(z64 > 0) != (z32 > 0) for z64, z32 in zip(exact, rounded)]
+        count = sum(int(f.sum()) for f in flipped)
+        smallest = min((float(np.abs(z64[f]).min()) for z64, f in zip(exact, flipped) if f.any()), default=np.nan)
+        return count, smallest
 
 
 def eval_reference(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -12,7 +12,7 @@ import numpy as np
 from backends import contract
 from backends.remote.client import RemoteError
 from experiments.parity.checks import RTOL, Check, close, differs, holds, within
-from experiments.parity.factory import eval_reference, oracle_for
+from experiments.parity.factory import ReluKinks, eval_reference, oracle_for
 
 NUM_PARAMS = 269_322  # D2L's 784-256-256-10 MLP
 
@@ -102,9 +102,13 @@ def loss_grads(case, make, fashion) -> list[Check]:
 
 # --- rung 4: SGD steps, every step --------------------------------------------------------------------------------
 def sgd_trajectory(case, make, fashion) -> list[Check]:
-    """``case.steps`` SGD steps on consecutive real batches with injected noise; every step's loss and parameters."""
+    """``case.steps`` SGD steps on consecutive real batches with injected noise; every step's loss and parameters.
+
+    A failing check also names the steps so far at which a float32 forward puts one of the oracle's ReLUs on the
+    other side of zero (``ReluKinks``): there every float32 framework may leave the oracle alike."""
     model, train = case.model(), case.train(weight_decay=case.weight_decay)
     oracle = oracle_for(model, train)
+    kinks, kink_steps = ReluKinks(model, train), []
     backend = make(case.backend, model=model, train=train)
     rng = np.random.default_rng(5)
     checks = []
@@ -112,10 +116,17 @@ def sgd_trajectory(case, make, fashion) -> list[Check]:
         x = fashion.train_x[step * 256:(step + 1) * 256]
         y = fashion.train_y[step * 256:(step + 1) * 256]
         masks = contract.draw_masks(model, 256, rng)
+        flipped, smallest = kinks.count(oracle, x=x, masks=masks)
+        if flipped:
+            kink_steps.append(f"step {step}: {flipped} unit(s), the oracle's pre-activation {smallest:.2g}")
         loss_ref = oracle.train_step(x=x, y=y, masks=masks)
-        checks.append(close("loss", backend.train_step(x=x, y=y, masks=masks), loss_ref, step=step))
+        step_checks = [close("loss", backend.train_step(x=x, y=y, masks=masks), loss_ref, step=step)]
         params, params_ref = backend.get_params(), oracle.get_params()
-        checks += [close(key, params[key], params_ref[key], step=step) for key in params_ref]
+        step_checks += [close(key, params[key], params_ref[key], step=step) for key in params_ref]
+        if kink_steps:
+            note = f" (float32 puts a ReLU of the oracle on the other side of zero at {'; '.join(kink_steps)})"
+            step_checks = [c if c.passed else dataclasses.replace(c, what=c.what + note) for c in step_checks]
+        checks += step_checks
     return checks
 
 
