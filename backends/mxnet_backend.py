@@ -123,7 +123,7 @@ class ByteDropout(gluon.HybridBlock):
     def __init__(self, p: float, width: int, **kwargs) -> None:
         super().__init__(**kwargs)
         bits, kept = contract.dyadic_keep(1.0 - p)
-        self.p, self.width, self.per_byte = float(p), int(width), 8 // bits
+        self.bits, self.width, self.per_byte = bits, int(width), 8 // bits
         if self.width % self.per_byte:
             raise ValueError(f"ByteDropout needs a width that is a multiple of {self.per_byte}, got {width}")
         fields = (onp.arange(256)[:, None] >> (bits * onp.arange(self.per_byte))) & ((1 << bits) - 1)
@@ -698,7 +698,7 @@ class Backend(contract.Backend):
                 if self.train.mode == "compiled":
                     block.hybridize(static_alloc=True, static_shape=True)
                 blocks.append((block, np.ones((batch_size, w))))
-                kinds.add(f"{8 // block.per_byte} mt19937 bit(s) an element (ByteDropout: randint bytes, a table)"
+                kinds.add(f"{block.bits} mt19937 bit(s) an element (ByteDropout: randint bytes, a table)"
                           if isinstance(block, ByteDropout) else "Gluon Dropout (MXNet's CPU sampler)")
 
         def draw():

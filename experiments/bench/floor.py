@@ -239,10 +239,10 @@ def own_kernels_floor(floor: dict[str, Any], *, threads: int, sizes: Sequence[in
     if not chosen:
         return None
     own = measure_floor(threads=threads, sizes=sizes, batch=batch, unset=(KERNEL_CHOICE,))
-    return {"unset": KERNEL_CHOICE, "set_to": chosen, "floor_seconds": floor_seconds(own, n_train, batch),
-            "gflops": own["gflops"], "peak_gflops": own.get("peak_gflops"), "blas_line": blas_line(own["blas"]),
-            "environment": own["environment"],
-            "ratio_to_floor": floor_seconds(own, n_train, batch) / floor_seconds(floor, n_train, batch)}
+    own_seconds = floor_seconds(own, n_train, batch)
+    return {"unset": KERNEL_CHOICE, "set_to": chosen, "floor_seconds": own_seconds, "gflops": own["gflops"],
+            "peak_gflops": own.get("peak_gflops"), "blas_line": blas_line(own["blas"]),
+            "environment": own["environment"], "ratio_to_floor": own_seconds / floor_seconds(floor, n_train, batch)}
 
 
 def floor_seconds(floor: dict[str, Any], n_train: int, batch: int, *, full: bool = False) -> float:

@@ -69,13 +69,12 @@ def oracle_for(model: ModelSpec, train: TrainSpec, seed: int = 0) -> Oracle:
 
 class ReluKinks:
     """Which of the oracle's ReLUs a float32 computation puts on the other side of zero: the same forward as the
-    oracle's, from its parameters rounded to float32, in float32 (the NumPy reference backend, unfused). Where one
-    does, the float32 frameworks' trajectories may all leave the float64 oracle together at that step, which says
-    nothing about any backend; ``sgd_trajectory`` names such steps beside a failure."""
+    oracle's (``pre_activations``), from its parameters rounded to float32, in float32 (the NumPy reference
+    backend). Where one does, the float32 frameworks' trajectories may all leave the float64 oracle together at that
+    step, which says nothing about any backend; ``sgd_trajectory`` names such steps beside a failure."""
 
     def __init__(self, model: ModelSpec, train: TrainSpec) -> None:
         self.twin = Float32Reference(model=model, train=dataclasses.replace(train, mode="eager", device="cpu"))
-        self.twin.fused = False
         self.twin.build(seed=0, params=contract.shared_init(model, 0))
 
     def count(self, oracle: Oracle, *, x, masks) -> tuple[int, float]:
