@@ -15,15 +15,17 @@ Modes. ``eager``: autograd (``torch.autograd.grad``) and a foreach SGD update un
 ``torch.optim.SGD`` with parameter groups does (weight decay on kernels only, D2L's weight-decay recipe), without the
 optimizer's per-step Python. ``compiled``: the whole training step (forward, backward through
 ``torch.func.grad_and_value``, SGD update) is one ``torch.compile`` graph, compiled per batch shape (the full batches
-and the last partial one), and ``train_epoch`` runs the full batches two steps to a graph call (``STEPS_PER_CALL``),
-so the first epoch carries the compile time of both graphs. Dynamo cannot trace ``generator=``
-arguments (graph break), so in compiled mode the backend's own draws (scratch dropout, dropconnect, Gaussian noise) are
-made eagerly just before the compiled call, with the same calls in the same order as eager mode; concise dropout is
-drawn inside the graph from the swapped-in default generator (on the CPU the graph is compiled with nn.Dropout's
-``bernoulli_`` lowered to an eager ``torch.rand`` compared with 1 - p, see ``_cpu_inductor``: about three times cheaper
-than eager ``bernoulli_``; at a keep probability j / 2**b, D2L's 1/2 among them, to b random bits an element, the same
-law from fewer words; on CUDA inductor draws its own Philox numbers from the same generator). So compiled concise
-masks differ from eager ones while staying seeded, isolated and fresh per step; injected masks agree exactly.
+and the last partial one), and ``train_epoch`` runs the full batches two steps to a graph call (``STEPS_PER_CALL``), so
+the first epoch carries the compile time of both graphs. On the CPU the graph's float32 products run on oneDNN's kernels
+rather than MKL's (``onednn_mm``: MKL takes its generic code path on a CPU that is not Intel's). Dynamo cannot trace
+``generator=`` arguments (graph break), so in compiled mode the backend's own draws (scratch dropout, dropconnect,
+Gaussian noise) are made eagerly just before the compiled call, with the same calls in the same order as eager mode;
+concise dropout is drawn inside the graph from the swapped-in default generator (on the CPU the graph is compiled with
+nn.Dropout's ``bernoulli_`` lowered to an eager ``torch.rand`` compared with 1 - p, see ``_cpu_inductor``: about three
+times cheaper than eager ``bernoulli_``; at a keep probability j / 2**b, D2L's 1/2 among them, to b random bits an
+element, the same law from fewer words; on CUDA inductor draws its own Philox numbers from the same generator). So
+compiled concise masks differ from eager ones while staying seeded, isolated and fresh per step; injected masks agree
+exactly.
 """
 from __future__ import annotations
 
@@ -220,13 +222,80 @@ def _bernoulli_p_via_rand(self, p=0.5, *, generator=None):
     return keep_mask_like(self, p).to(self.dtype)
 
 
+# ----------------------------------------------------------------- the compiled CPU step's products through oneDNN
+# PyTorch sends a float32 ``mm`` or ``addmm`` on the CPU to the BLAS it was built with (MKL in the pip wheels) and keeps
+# oneDNN, which it bundles too, for its mkldnn operators. MKL takes its generic code path on a CPU that is not Intel's
+# (``MKL_VERBOSE`` names "Intel(R) Architecture processors" on an AMD EPYC), while oneDNN picks its kernels from the
+# CPU's instruction set; the README's bench section has the measurements. ``onednn_mm`` and ``onednn_addmm`` are
+# oneDNN's inner product (``mkldnn._linear_pointwise``, the operator inductor itself emits for frozen linear layers) on
+# the operands as they come, transposed views included: the same float32 products in another summation order. They are
+# custom operators so that inductor calls them as opaque kernels on the tensors autograd hands it (no contiguous copies
+# of the transposed operands); ``ONEDNN_DECOMPOSITIONS`` maps the compiled graph's ``aten.mm`` and ``aten.addmm`` to
+# them for CPU float32 operands, and any other call keeps its ATen kernel.
+ONEDNN_AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+ONEDNN_LIBRARY = "oneDNN (mkldnn._linear_pointwise in the compiled graph)"
+
+
+_ONEDNN_OPS = torch.library.Library("dropbench", "DEF")
+_ONEDNN_OPS.define("onednn_mm(Tensor a, Tensor b) -> Tensor")
+_ONEDNN_OPS.define("onednn_addmm(Tensor bias, Tensor a, Tensor b) -> Tensor")
+
+
+def onednn_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b``: oneDNN's inner product computes ``input @ weight^T``, so ``b`` goes in as its transposed view."""
+    return torch.ops.mkldnn._linear_pointwise.default(a, b.t(), None, "none", [], "")
+
+
+def onednn_addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``bias + a @ b`` with ``bias`` a vector over the columns (``nn.Linear``'s forward)."""
+    return torch.ops.mkldnn._linear_pointwise.default(a, b.t(), bias, "none", [], "")
+
+
+# A CPU kernel, not ``torch.library.custom_op``: its wrapper cost 6 us more a call, 8 calls a step. The operators
+# only ever run after autograd (in the compiled graph, and in the bench's probe), so they need no gradient formula.
+_ONEDNN_OPS.impl("onednn_mm", onednn_mm, "CPU")
+_ONEDNN_OPS.impl("onednn_addmm", onednn_addmm, "CPU")
+
+
+@torch.library.register_fake("dropbench::onednn_mm")
+def _(a, b):
+    return a.new_empty((a.shape[0], b.shape[1]))
+
+
+@torch.library.register_fake("dropbench::onednn_addmm")
+def _(bias, a, b):
+    return a.new_empty((a.shape[0], b.shape[1]))
+
+
+def _routed(*tensors) -> bool:
+    return all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+
+
+def _mm(a, b):
+    if not (_routed(a, b) and a.dim() == 2 and b.dim() == 2):
+        return NotImplemented
+    return torch.ops.dropbench.onednn_mm(a, b)
+
+
+def _addmm(bias, a, b, *, beta=1, alpha=1):
+    if not (beta == 1 and alpha == 1 and bias.dim() == 1 and bias.shape[0] == b.shape[-1] and _routed(bias, a, b)
+            and a.dim() == 2 and b.dim() == 2):
+        return NotImplemented
+    return torch.ops.dropbench.onednn_addmm(bias, a, b)
+
+
+ONEDNN_DECOMPOSITIONS = ({torch.ops.aten.mm.default: _mm, torch.ops.aten.addmm.default: _addmm} if ONEDNN_AVAILABLE
+                         else {})
+
+
 def _cpu_inductor(gm, example_inputs):
-    """torch.compile's inductor backend with the CPU dropout decomposition above."""
+    """torch.compile's inductor backend with the CPU dropout decomposition above, and the float32 products through
+    oneDNN (``onednn_mm``, ``onednn_addmm``)."""
     from torch._inductor.compile_fx import compile_fx
     from torch._inductor.decomposition import decompositions
 
     table = {**decompositions, torch.ops.aten.bernoulli_.float: _bernoulli_via_rand,
-             torch.ops.aten.bernoulli.p: _bernoulli_p_via_rand}
+             torch.ops.aten.bernoulli.p: _bernoulli_p_via_rand, **ONEDNN_DECOMPOSITIONS}
     return compile_fx(gm, example_inputs, decompositions=table, config_patches={"fallback_random": True})
 
 
@@ -534,10 +603,17 @@ class Backend(contract.Backend):
                 hits += (logits.argmax(dim=1) == yb).sum()
         return EvalMetrics(loss=float(loss_sum) / len(xt), acc=int(hits) / len(xt))
 
+    def _onednn_products(self) -> bool:
+        """Whether this mode's step runs its products through ``onednn_mm`` (compiled, on the CPU)."""
+        return self.train.mode == "compiled" and self.device.type == "cpu" and ONEDNN_AVAILABLE
+
     def gemm_library(self, *, m: int, k: int, n: int) -> str:
-        """On the CPU ``aten::mm`` goes to the BLAS torch was built with (``BLAS_INFO``); on CUDA, cuBLAS."""
+        """On the CPU ``aten::mm`` goes to the BLAS torch was built with (``BLAS_INFO``), and the compiled step's
+        products to oneDNN; on CUDA, cuBLAS."""
         if self.device.type == "cuda":
             return "cuBLAS"
+        if self._onednn_products():
+            return ONEDNN_LIBRARY
         config = torch.__config__.show()
         blas = next((part.split("=", 1)[1] for part in config.replace(",", "\n").split() if
                      part.startswith("BLAS_INFO=")), "unknown")
@@ -545,7 +621,8 @@ class Backend(contract.Backend):
 
     def gemm_step_probe(self, *, products, rounds: int = 1):
         """``products`` as ``torch.mm(..., out=)`` calls (aten::mm; a transposed operand is a transposed view, which
-        the BLAS reads with its transpose flag, as autograd's mm backward hands it)."""
+        the BLAS reads with its transpose flag, as autograd's mm backward hands it), or, where the compiled step runs
+        its products through oneDNN, as calls of that operator on the same views."""
         generator = torch.Generator(device=self.device)
         generator.manual_seed(0)
         operands = []
@@ -554,6 +631,14 @@ class Backend(contract.Backend):
                     for shape in contract.held_operand_shapes(p))
             operands.append((a.t() if p["ta"] else a, b.t() if p["tb"] else b,
                              torch.empty((p["m"], p["n"]), device=self.device)))
+
+        if self._onednn_products():
+            def run():
+                outputs = []
+                for _ in range(rounds):
+                    outputs = [torch.ops.dropbench.onednn_mm(a, b) for a, b, _ in operands]
+                return outputs
+            return run
 
         def run():
             for _ in range(rounds):

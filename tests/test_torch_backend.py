@@ -252,3 +252,45 @@ def test_keep_masks_from_bits_have_the_law_of_rand_below_q(q):
     assert abs(pairs - q * q) < 4 * math.sqrt(q * q * (1 - q * q) / (n - 1))
     assert torch.equal(keep, tb.keep_mask_like(like, q, torch.Generator().manual_seed(7)))
     assert not torch.equal(keep, tb.keep_mask_like(like, q, generator))
+
+
+# --- the compiled CPU step's products through oneDNN ---------------------------------------------------------------
+@pytest.mark.skipif(not tb.ONEDNN_AVAILABLE, reason="this torch build has no oneDNN inner product")
+def test_onednn_products_are_the_float32_products_on_transposed_views():
+    """``onednn_mm`` and ``onednn_addmm`` on the layouts autograd hands them (a transposed view on either side),
+    against the float64 product: within float32 rounding of the sum's scale."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(37, 53, generator=generator), torch.randn(53, 29, generator=generator)
+    bias = torch.randn(29, generator=generator)
+    exact = a.double() @ b.double()
+    scale = (a.double().abs() @ b.double().abs()).max().item()
+    for left, right in ((a, b), (a.t().contiguous().t(), b), (a, b.t().contiguous().t()),
+                        (a.t().contiguous().t(), b.t().contiguous().t())):
+        product = torch.ops.dropbench.onednn_mm(left, right)
+        assert product.shape == (37, 29) and product.dtype == torch.float32
+        assert (product.double() - exact).abs().max().item() <= 1e-6 * scale
+        with_bias = torch.ops.dropbench.onednn_addmm(bias, left, right)
+        assert (with_bias.double() - exact - bias.double()).abs().max().item() <= 1e-6 * (scale + 3)
+
+
+@pytest.mark.skipif(not tb.ONEDNN_AVAILABLE, reason="this torch build has no oneDNN inner product")
+def test_compiled_cpu_step_runs_every_product_through_onednn():
+    """The compiled graph's generated code calls the oneDNN operators for the step's eight products (three forward
+    ``addmm``, three kernel gradients and two input gradients as ``mm``) and no ATen ``mm``/``addmm``; eager mode and
+    the bench's labels say which library each mode runs."""
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    model = ModelSpec(**SMALL)
+    compiled = make(model, TrainSpec(mode="compiled"), seed=1)
+    x, y = batch(n=16)
+    _, codes = run_and_get_code(lambda: compiled.train_step(x=x, y=y))
+    calls = [line for code in codes for line in code.splitlines() if not line.lstrip().startswith(("#", "assert"))]
+    count = lambda pattern: sum(len(re.findall(pattern, line)) for line in calls)  # noqa: E731
+    assert count(r"torch\.ops\.dropbench\.onednn_addmm\.default\(") == 3
+    assert count(r"torch\.ops\.dropbench\.onednn_mm\.default\(") == 5
+    assert count(r"extern_kernels\.(?:mm|addmm|bmm)\(|aten\.(?:mm|addmm)\.default\(") == 0
+    assert compiled.gemm_library(m=16, k=20, n=32) == tb.ONEDNN_LIBRARY
+    eager = make(model, TrainSpec(mode="eager"), seed=1)
+    assert "aten::mm" in eager.gemm_library(m=16, k=20, n=32)
