@@ -42,25 +42,46 @@ def test_rung(make_backend, fashion, case):
     assert not missed, f"{case.id}: " + "; ".join(missed)
 
 
-def test_sgd_trajectory_names_the_relu_kink_where_every_float32_framework_leaves_the_oracle(make_backend, fashion,
+def test_sgd_trajectory_names_the_relu_kink_where_every_float32_framework_leaves_the_oracle(make_backend,
                                                                                             monkeypatch):
-    """The dropconnect trajectory under other masks of the same law (one PCG64 bit an element, ``draw_keep``) leaves
-    the float64 oracle at step 7, where one first-layer pre-activation of the oracle (8.5e-8) lies on the other side
-    of zero in float32: the steps before it pass, and every check that fails names that step's kink."""
+    """A ReLU kink placed by construction, so that no BLAS kernel's rounding decides it: every example of the batch
+    reads only inputs 0 and 1 (both 1), and hidden unit 0's kernel column is (1, 2**-30, 0, ...) with bias -1. Its
+    pre-activation is 2**-30 in float64, but exactly 0 in float32 whatever the summation order (1 + 2**-30 rounds to
+    1 in any order, the other products are exact zeros). So the oracle's unit is on and every float32 framework's is
+    off: the trajectory leaves the oracle at step 0, and every failing check names that step's 256 flipped ReLUs
+    (one unit x 256 examples) and the oracle's pre-activation 2**-30."""
+    import dataclasses
+    import types
+
     import numpy as np
 
     from backends import contract
+    from backends.contract import ModelSpec
     from experiments.parity import rungs
     from experiments.parity.case import Case
 
-    def bit_masks(model, batch_size, rng):
-        return [contract.draw_keep(rng, shape, p).astype(np.float32)
-                for shape, p in zip(contract.noise_shapes(model, batch_size), model.dropouts)]
-    monkeypatch.setattr(contract, "draw_masks", bit_masks)
-    case = Case(rung="sgd_trajectory", backend="numpy", impl="concise", mode="eager", noise="dropconnect",
-                run=rungs.sgd_trajectory, steps=9)
-    checks = case(make_backend, fashion)
-    assert all(c.passed for c in checks if c.step < 7)
+    @dataclasses.dataclass(frozen=True)
+    class OneHiddenLayer(Case):
+        def model(self, **fields):
+            return ModelSpec(hiddens=(16,), dropouts=(0.0,), **fields)
+
+    real_init = contract.shared_init
+
+    def kinked_init(model, seed):
+        params = real_init(model, seed)
+        kernel, bias = params["dense_0/kernel"], params["dense_0/bias"]
+        kernel[:, 0] = 0.0
+        kernel[0, 0], kernel[1, 0], bias[0] = 1.0, 2.0 ** -30, -1.0
+        return params
+    monkeypatch.setattr(contract, "shared_init", kinked_init)
+    x = np.zeros((2 * 256, 784), dtype=np.float32)
+    x[:, :2] = 1.0
+    y = np.random.default_rng(0).integers(0, 10, len(x))
+    data = types.SimpleNamespace(train_x=x, train_y=y)
+    case = OneHiddenLayer(rung="sgd_trajectory", backend="numpy", impl="concise", mode="eager", noise="dropout",
+                          run=rungs.sgd_trajectory, steps=2)
+    checks = case(make_backend, data)
     failed = [c for c in checks if not c.passed]
-    assert failed and min(c.step for c in failed) == 7
-    assert all("at step 7: 1 unit(s), the oracle's pre-activation 8.5e-08" in c.what for c in failed), failed[0].what
+    assert failed and min(c.step for c in failed) == 0
+    assert {"dense_0/kernel", "dense_0/bias"} <= {c.what.split(" ")[0] for c in failed if c.step == 0}
+    assert all("at step 0: 256 unit(s), the oracle's pre-activation 9.3e-10" in c.what for c in failed), failed[0].what
