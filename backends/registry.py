@@ -1,4 +1,8 @@
-"""The backend registry: name -> module, interpreter, framework and capabilities.
+"""The backend registry: name -> package, interpreter, framework and capabilities.
+
+Every framework is a package ``backends/<name>/`` with the same modules: ``model`` (D2L's model in the framework's
+stock layers), ``backend`` (the contract, stock tier: ``Backend``), ``tuned`` (the same-law speed paths, tuned tier:
+its own ``Backend``, a subclass of the stock one), ``probes`` (the bench's instrumentation, off the contract).
 
 Each backend's capabilities (modes, devices, noise kinds) are declared here, once, so that the CLI, the bench and
 the tests can read them without importing a framework; the backend class takes its own from here. No framework is
@@ -26,7 +30,7 @@ class BackendError(Exception):
 @dataclass(frozen=True)
 class BackendInfo:
     name: str
-    module: str
+    package: str
     distribution: str  # the pip distribution whose version is reported and whose presence means "available"
     install: str  # the exact command that makes it available
     capabilities: Capabilities = Capabilities(modes=("eager", "compiled"))
@@ -58,14 +62,15 @@ class BackendInfo:
 REGISTRY: dict[str, BackendInfo] = {
     info.name: info
     for info in (
-        BackendInfo("numpy", "backends.numpy_ref", "numpy", "pip install numpy", Capabilities(modes=("eager",))),
-        BackendInfo("torch", "backends.torch_backend", "torch", "pip install torch==2.13.0  (or: make setup)",
+        BackendInfo("numpy", "backends.numpy", "numpy", "pip install numpy",
+                    Capabilities(modes=("eager",), distinct_impls=False)),
+        BackendInfo("torch", "backends.torch", "torch", "pip install torch==2.13.0  (or: make setup)",
                     Capabilities(modes=("eager", "compiled"), devices=("cpu", "gpu"))),
-        BackendInfo("jax", "backends.jax_backend", "jax", "pip install jax flax optax  (or: make setup)",
+        BackendInfo("jax", "backends.jax", "jax", "pip install jax flax optax  (or: make setup)",
                     Capabilities(modes=("eager", "compiled"), devices=("cpu", "gpu"))),
-        BackendInfo("tensorflow", "backends.tensorflow_backend", "tensorflow-cpu",
+        BackendInfo("tensorflow", "backends.tensorflow", "tensorflow-cpu",
                     "pip install tensorflow-cpu==2.21.0  (or: make setup)"),
-        BackendInfo("mxnet", "backends.mxnet_backend", "mxnet",
+        BackendInfo("mxnet", "backends.mxnet", "mxnet",
                     "make mxnet-venv  (creates .venv-mxnet with mxnet==1.9.1 numpy==1.23.5; "
                     "or set DROPBENCH_MXNET_PYTHON to a Python that has them)", Capabilities(modes=("eager", "compiled")),
                     interpreter_env="DROPBENCH_MXNET_PYTHON", default_interpreter=".venv-mxnet/bin/python"),
@@ -156,14 +161,28 @@ def check_device(names: list[str], device: str) -> None:
                            "machine with one, or leave --device out for the CPU")
 
 
-def load_class(name: str):
-    """Import the backend module in this process and return its ``Backend`` class."""
+TIER_MODULES = {"stock": "backend", "tuned": "tuned"}  # the module of each tier's ``Backend`` class
+
+
+def _import(name: str, module: str):
     info = resolve(name)
     if not info.in_process and Path(info.interpreter).resolve() != Path(sys.executable).resolve():
         raise BackendError(f"backend {info.name} runs under {info.interpreter}, not this interpreter; "
                            f"use backends.remote.client.RemoteBackend or the runner")
     try:
-        module = importlib.import_module(info.module)
+        return importlib.import_module(f"{info.package}.{module}")
     except ImportError as exc:
         raise BackendError(f"{unavailable_reason(name)} ({exc})") from exc
-    return module.Backend
+
+
+def load_class(name: str, tuning: str = "stock"):
+    """Import the backend's package in this process and return the ``Backend`` class of the tier ``tuning``."""
+    if tuning not in TIER_MODULES:
+        raise BackendError(f"unknown tuning {tuning!r}; choose from {', '.join(TIER_MODULES)}")
+    return _import(name, TIER_MODULES[tuning]).Backend
+
+
+def load_probes(name: str):
+    """The backend's ``probes`` module: the bench's instrumentation (``gemm_library``, ``gemm_step_probe``,
+    ``noise_probe``, each a function of a built backend)."""
+    return _import(name, "probes")

@@ -1,5 +1,6 @@
 """The layout keeps its promises: imports point one way (experiments -> backends), no import cycle anywhere (imports
-inside functions included), a framework is imported only by its own backend, and modules stay small."""
+inside functions included), a framework is imported only by its own backend package, the five backend packages hold
+the same modules, no stock module imports a tuned one, and modules stay small (the backends' too)."""
 from __future__ import annotations
 
 import ast
@@ -13,10 +14,10 @@ import backends
 
 ROOT = backends.PROJECT_ROOT
 PACKAGES = ("backends", "experiments")
-FRAMEWORKS = {"torch": "backends.torch_backend", "jax": "backends.jax_backend", "flax": "backends.jax_backend",
-              "optax": "backends.jax_backend", "tensorflow": "backends.tensorflow_backend",
-              "keras": "backends.tensorflow_backend", "mxnet": "backends.mxnet_backend"}
-FRAMEWORK_BACKENDS = set(FRAMEWORKS.values())
+FRAMEWORKS = {"torch": "backends.torch", "jax": "backends.jax", "flax": "backends.jax", "optax": "backends.jax",
+              "tensorflow": "backends.tensorflow", "keras": "backends.tensorflow", "mxnet": "backends.mxnet"}
+BACKEND_MODULES = ("__init__", "model", "backend", "tuned", "probes")  # the same in every framework's package
+STOCK_MODULES = ("model", "backend")
 MAX_LINES = 400
 
 
@@ -78,9 +79,9 @@ def test_the_checks_fail_on_a_backward_import_and_on_a_cycle(tmp_path):
         shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "harness.py", tmp_path / "harness.py")
     assert layering_violations(import_graph(tmp_path)) == [] and cycles(import_graph(tmp_path)) == []
-    numpy_ref = tmp_path / "backends" / "numpy_ref.py"
-    numpy_ref.write_text(numpy_ref.read_text() + "\n\ndef late():\n    from experiments import plan\n")
-    assert "backends.numpy_ref imports experiments.plan" in layering_violations(import_graph(tmp_path))
+    numpy_backend = tmp_path / "backends" / "numpy" / "backend.py"
+    numpy_backend.write_text(numpy_backend.read_text() + "\n\ndef late():\n    from experiments import plan\n")
+    assert "backends.numpy.backend imports experiments.plan" in layering_violations(import_graph(tmp_path))
     assert cycles(import_graph(tmp_path)) == []  # one-way still: nothing in experiments.plan leads back
     plan = tmp_path / "experiments" / "plan.py"
     plan.write_text(plan.read_text() + "\nimport experiments.runner  # noqa\n")
@@ -92,21 +93,43 @@ def test_a_framework_is_imported_only_by_its_own_backend():
     for name, path in project_modules(ROOT).items():
         for imported in imported_names(path):
             owner = FRAMEWORKS.get(imported.split(".")[0])
-            if owner is not None and owner != name:
+            if owner is not None and name != owner and not name.startswith(owner + "."):
                 offenders.append(f"{name} imports {imported}")
     assert offenders == []
 
 
-def test_modules_outside_the_framework_backends_stay_small():
+def test_every_module_stays_small_the_backends_included():
     long = {name: n for name, path in project_modules(ROOT).items()
-            if name not in FRAMEWORK_BACKENDS and (n := len(path.read_text().splitlines())) > MAX_LINES}
+            if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert long == {}
+
+
+def test_the_backend_packages_hold_the_same_modules():
+    listings = {name: sorted(p.stem for p in (ROOT / "backends" / name).glob("*.py")) for name in backends.REGISTRY}
+    assert all(listing == sorted(BACKEND_MODULES) for listing in listings.values()), listings
+    assert not list((ROOT / "backends").glob("*_backend.py"))
+
+
+def stock_imports_of_tuned(root: Path) -> list[str]:
+    graph = import_graph(root)
+    return sorted(f"{module} imports {target}" for module, targets in graph.items() for target in targets
+                  if module.split(".")[-1] in STOCK_MODULES and module.count(".") == 2 and target.endswith(".tuned"))
+
+
+def test_no_stock_module_imports_a_tuned_one(tmp_path):
+    assert stock_imports_of_tuned(ROOT) == []
+    shutil.copytree(ROOT / "backends", tmp_path / "backends", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "experiments").mkdir()
+    shutil.copy(ROOT / "harness.py", tmp_path / "harness.py")
+    model = tmp_path / "backends" / "numpy" / "model.py"
+    model.write_text(model.read_text() + "\n\ndef late():\n    from backends.numpy import tuned\n")
+    assert stock_imports_of_tuned(tmp_path) == ["backends.numpy.model imports backends.numpy.tuned"]
 
 
 @pytest.mark.parametrize("name", sorted(backends.REGISTRY))
 def test_every_backend_takes_its_capabilities_from_the_registry(name):
     """Modes and devices are declared once, in the registry; the backend class must not declare its own."""
     info = backends.resolve(name)
-    source = (ROOT / Path(*info.module.split("."))).with_suffix(".py").read_text()
+    source = (ROOT / Path(*info.package.split(".")) / "backend.py").read_text()
     assert f'capabilities = registry.capabilities("{name}")' in source
     assert "Capabilities(" not in source

@@ -1,6 +1,9 @@
-"""MXNet-specific checks that the shared parity ladder cannot see: the concise Dropout at p = 1 (Gluon's own gives NaN),
-hybridized and eager training agreeing step by step (two batch shapes included), the one-line error for a missing or
-misnamed MXNet venv, and a real run through the runner in the MXNet worker.
+"""MXNet-specific checks that the shared parity ladder cannot see, for both tiers (``stock``:
+``backends.mxnet.backend``, ``tuned``: ``backends.mxnet.tuned``): the concise Dropout at p = 1 (Gluon's own gives
+NaN), hybridized and eager training agreeing step by step (two batch shapes included), the one-line error for a
+missing or misnamed MXNet venv, a real run through the runner in the MXNet worker, that the stock tier is Gluon as
+documented (``nn.Dropout``, ``gluon.Trainer``, the default engine), and the tuned tier's ByteDropout and bound
+compiled epoch.
 
 This file runs in the MAIN venv and never imports mxnet: the backend is reached through its worker
 (``backends.remote.RemoteBackend`` via the ``make_backend`` fixture, or the runner).
@@ -26,13 +29,28 @@ from tests.conftest import require_backend
 
 MODES = ("eager", "compiled")
 IMPLS = ("concise", "scratch")
+TUNINGS = ("stock", "tuned")
+
+
+def run_in_mxnet_venv(script: str, *args: str, env: dict | None = None) -> dict:
+    """Runs ``script`` under the MXNet venv's interpreter in a fresh process (one thread unless ``env`` says
+    otherwise) and returns the JSON object its last line prints."""
+    require_backend("mxnet")
+    interpreter = backends.registry.resolve("mxnet").interpreter
+    environment = {k: v for k, v in os.environ.items() if k != "MXNET_ENGINE_TYPE"}
+    environment.update({"PYTHONPATH": str(backends.PROJECT_ROOT), "OMP_NUM_THREADS": "1", **(env or {})})
+    result = subprocess.run([interpreter, "-c", script, *args], cwd=backends.PROJECT_ROOT, capture_output=True,
+                            text=True, timeout=300, env=environment)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 # --- (a) the concise layer at p = 1 -------------------------------------------------------------------------------
+@pytest.mark.parametrize("tuning", TUNINGS)
 @pytest.mark.parametrize("mode", MODES)
-def test_concise_dropout_at_p1_gives_zeros_and_trains_without_nan(make_backend, fashion, mode):
+def test_concise_dropout_at_p1_gives_zeros_and_trains_without_nan(make_backend, fashion, mode, tuning):
     model = ModelSpec(impl="concise", dropouts=(1.0, 1.0))
-    train = TrainSpec(mode=mode, weight_decay=1e-2)
+    train = TrainSpec(mode=mode, weight_decay=1e-2, tuning=tuning)
     backend = make_backend("mxnet", model=model, train=train)
     x, y = fashion.train_x[:300], fashion.train_y[:300]
 
@@ -49,7 +67,7 @@ def test_concise_dropout_at_p1_gives_zeros_and_trains_without_nan(make_backend, 
     evaluated = backend.forward(x=x, train=False)  # evaluation keeps every unit
     assert np.all(np.isfinite(evaluated)) and not np.allclose(evaluated, before["dense_2/bias"])
 
-    loss = backend.train_step(x=x, y=y)  # native noise, the backend's sgd_update, weight decay on
+    loss = backend.train_step(x=x, y=y)  # native noise, the tier's SGD (Trainer or sgd_update), weight decay on
     after = backend.get_params()
     assert np.isfinite(loss) and all(np.all(np.isfinite(v)) for v in after.values())
     shrink = 1.0 - train.lr * train.weight_decay  # zero data gradient: the kernels only decay, and are still updated
@@ -63,9 +81,10 @@ def test_concise_dropout_at_p1_gives_zeros_and_trains_without_nan(make_backend, 
 
 
 # --- (b) hybridized and eager: the same parameters after the same injected steps ----------------------------------
+@pytest.mark.parametrize("tuning", TUNINGS)
 @pytest.mark.parametrize("noise", ("dropout", "dropconnect"))
 @pytest.mark.parametrize("impl", IMPLS)
-def test_compiled_and_eager_agree_step_by_step(make_backend, fashion, impl, noise):
+def test_compiled_and_eager_agree_step_by_step(make_backend, fashion, impl, noise, tuning):
     model = ModelSpec(impl=impl, noise=noise, dropouts=(0.3, 0.5))
     sizes = (256, 100, 256, 100)  # the compiled graph meets a second shape, and the first one again
     rng = np.random.default_rng(4)
@@ -73,7 +92,7 @@ def test_compiled_and_eager_agree_step_by_step(make_backend, fashion, impl, nois
              for start, size in zip(np.cumsum((0,) + sizes[:-1]), sizes)]
     trajectories = {}
     for mode in MODES:
-        backend = make_backend("mxnet", model=model, train=TrainSpec(mode=mode, weight_decay=5e-3))
+        backend = make_backend("mxnet", model=model, train=TrainSpec(mode=mode, weight_decay=5e-3, tuning=tuning))
         trajectory = []
         for start, size, masks in steps:
             x, y = fashion.train_x[start:start + size], fashion.train_y[start:start + size]
@@ -120,13 +139,13 @@ def test_missing_venv_is_a_one_line_error_with_the_fix(monkeypatch, tmp_path, wh
 # --- (d) a short real run through the runner ------------------------------------------------------------------------
 def test_short_run_through_the_runner_reports_mxnet(tmp_path):
     require_backend("mxnet")
-    experiment = build("d2l", backends=["mxnet"], modes=MODES, seeds=(0,),
+    experiment = build("d2l", backends=["mxnet"], modes=MODES, tunings=TUNINGS, seeds=(0,),
                        train_overrides={"epochs": 1, "train_limit": 2000})
     options = RunOptions(data_dir=data.locate(download=False, progress=False), out_dir=tmp_path / "run", threads=1,
                          progress=False)
     rows = run_experiment(experiment, options)
-    assert [(row["mode"], row["status"]) for row in rows] == [("eager", "ok"), ("compiled", "ok")], \
-        [row.get("error") for row in rows]
+    assert sorted((row["tuning"], row["mode"], row["status"]) for row in rows) == sorted(
+        (tuning, mode, "ok") for tuning in TUNINGS for mode in MODES), [row.get("error") for row in rows]
     version = backends.framework_version("mxnet")
     assert version and version.startswith("1.9")
     for row in rows:
@@ -134,12 +153,12 @@ def test_short_run_through_the_runner_reports_mxnet(tmp_path):
         assert row["epochs_completed"] == 1 and row["final_val_acc"] > 0.3, row
 
 
-# --- (e) ByteDropout: the concise dropout's keep masks from MXNet's random bytes, through a table ------------------
+# --- (e) ByteDropout (tuned): the concise dropout's keep masks from MXNet's random bytes, through a table -----------
 _BYTE_TABLE_PROBE = """
 import json, sys
 import numpy as onp
 from mxnet import autograd, np
-from backends.mxnet_backend import ByteDropout
+from backends.mxnet.tuned import ByteDropout
 out = {}
 for p in json.loads(sys.argv[1]):
     layer = ByteDropout(p, 256 * 8 // ByteDropout.bits_for(p))  # one row of bytes 0..255: every byte value once
@@ -152,14 +171,17 @@ for p in json.loads(sys.argv[1]):
     out[repr(p)] = [eager.ravel().tolist(), hybridized.ravel().tolist()]
 drawn = ByteDropout(0.5, 256).draw(4096).asnumpy()
 out["bytes"] = onp.bincount(drawn.ravel(), minlength=256).tolist()
+from backends import registry
 from backends.contract.spec import ModelSpec, TrainSpec
-from backends.mxnet_backend import Backend
-for rates in ((0.25, 0.25), (0.3, 0.3), (0.5, 0.3)):
-    backend = Backend(model=ModelSpec(impl="concise", dropouts=rates), train=TrainSpec(mode="compiled"))
-    backend.build(seed=0)
-    label, draw = backend.noise_probe(batch_size=8)
-    draw()
-    out[repr(rates)] = [label, [type(layer).__name__ for layer in backend._noises]]
+from backends.mxnet import probes
+for tuning in ("stock", "tuned"):
+    for rates in ((0.25, 0.25), (0.3, 0.3), (0.5, 0.3)):
+        backend = registry.load_class("mxnet", tuning)(model=ModelSpec(impl="concise", dropouts=rates),
+                                                       train=TrainSpec(mode="compiled", tuning=tuning))
+        backend.build(seed=0)
+        label, draw = probes.noise_probe(backend, batch_size=8)
+        draw()
+        out[tuning + repr(rates)] = [label, [type(layer).__name__ for layer in backend._noises]]
 print(json.dumps(out))
 """
 
@@ -167,17 +189,11 @@ print(json.dumps(out))
 def test_byte_dropout_keeps_each_element_by_its_bits_of_one_byte_exactly():
     """Every byte value through ByteDropout's table (eager and hybridized): element i of byte k is kept, scaled by
     1 / (1 - p), exactly when bits [b i, b i + b) of k, read as an integer, are at least 2**b - j, for keep
-    probabilities j / 2**b at b = 1, 2, 4 and 8; MXNet's ``randint(0, 256)`` bytes are uniform over 0..255; a
-    concise layer takes ByteDropout at such a rate and Gluon's Dropout at any other, and the bench's noise probe
-    says which."""
-    require_backend("mxnet")
+    probabilities j / 2**b at b = 1, 2, 4 and 8; MXNet's ``randint(0, 256)`` bytes are uniform over 0..255; a tuned
+    concise layer takes ByteDropout at such a rate and Gluon's Dropout at any other, a stock one Gluon's Dropout at
+    every rate, and the bench's noise probe says which."""
     rates = [0.5, 0.25, 0.75, 1 - 3 / 16, 1 - 37 / 256]
-    interpreter = backends.registry.resolve("mxnet").interpreter
-    result = subprocess.run([interpreter, "-c", _BYTE_TABLE_PROBE, json.dumps(rates)], cwd=backends.PROJECT_ROOT,
-                            capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, PYTHONPATH=str(backends.PROJECT_ROOT), OMP_NUM_THREADS="1"))
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = run_in_mxnet_venv(_BYTE_TABLE_PROBE, json.dumps(rates))
     for p in rates:
         bits, kept = contract.dyadic_keep(1 - p)
         per_byte = 8 // bits
@@ -191,22 +207,28 @@ def test_byte_dropout_keeps_each_element_by_its_bits_of_one_byte_exactly():
     chi2 = float(((counts - counts.mean()) ** 2 / counts.mean()).sum())  # 255 degrees of freedom: mean 255, sd 22.6
     assert 255 - 5 * 22.6 < chi2 < 255 + 5 * 22.6, chi2
     bytes_label = "2 mt19937 bit(s) an element (ByteDropout: randint bytes, a table)"
-    assert out[repr((0.25, 0.25))] == [bytes_label, ["ByteDropout", "ByteDropout"]]
-    assert out[repr((0.3, 0.3))] == ["Gluon Dropout (MXNet's CPU sampler)", ["Dropout", "Dropout"]]
-    assert out[repr((0.5, 0.3))] == ["1 mt19937 bit(s) an element (ByteDropout: randint bytes, a table), "
-                                     "Gluon Dropout (MXNet's CPU sampler)", ["ByteDropout", "Dropout"]]
+    gluon_label = "Gluon Dropout (MXNet's CPU sampler)"
+    assert out["tuned" + repr((0.25, 0.25))] == [bytes_label, ["ByteDropout", "ByteDropout"]]
+    assert out["tuned" + repr((0.3, 0.3))] == [gluon_label, ["Dropout", "Dropout"]]
+    assert out["tuned" + repr((0.5, 0.3))] == ["1 mt19937 bit(s) an element (ByteDropout: randint bytes, a table), "
+                                               + gluon_label, ["ByteDropout", "Dropout"]]
+    for rates in ((0.25, 0.25), (0.3, 0.3), (0.5, 0.3)):
+        assert out["stock" + repr(rates)] == [gluon_label, ["Dropout", "Dropout"]], rates
 
 
+@pytest.mark.parametrize("tuning", TUNINGS)
 @pytest.mark.parametrize("p", (0.25, 0.75))
-def test_concise_dropout_at_a_dyadic_rate_has_its_law_and_the_same_masks_in_both_modes(make_backend, fashion, p):
-    """The concise model's native masks at keep probability 3/4 and 1/4 (two bits an element): each live unit
-    kept with probability 1 - p, neighbours in a byte (lag 1) and the same bit of the next byte (lag 4)
-    independent, survivors scaled by 1 / (1 - p); eager and compiled draw the same masks from the same seed."""
+def test_concise_dropout_at_a_dyadic_rate_has_its_law_and_the_same_masks_in_both_modes(make_backend, fashion, p,
+                                                                                        tuning):
+    """The concise model's native masks at keep probability 3/4 and 1/4 (tuned: two bits an element; stock: Gluon's
+    Dropout): each live unit kept with probability 1 - p, neighbours in a byte (lag 1) and the same bit of the next
+    byte (lag 4) independent, survivors scaled by 1 / (1 - p); eager and compiled draw the same masks from the same
+    seed."""
     model = ModelSpec(impl="concise", dropouts=(p, p))
     x = fashion.train_x[:4096]
     masks = {}
     for mode in MODES:
-        backend = make_backend("mxnet", model=model, train=TrainSpec(mode=mode), seed=3)
+        backend = make_backend("mxnet", model=model, train=TrainSpec(mode=mode, tuning=tuning), seed=3)
         activations = backend.activations(x=x, train=True)
         pre, post = activations["hidden_1/pre_noise"], activations["hidden_1/post_noise"]
         alive = pre > 0
@@ -224,17 +246,106 @@ def test_concise_dropout_at_a_dyadic_rate_has_its_law_and_the_same_masks_in_both
 
 
 def test_the_compiled_epoch_draws_the_eager_epochs_bytes(make_backend, fashion):
-    """With native ByteDropout noise and the same seed, the bound compiled epoch and the eager one draw the same
-    bytes step by step (the bound inputs are allocated without a draw), so they end at the same parameters up to
-    the compiled update's rounding (lr folded into the backward pass: about 1e-7 a step); other masks would move
-    them by far more."""
+    """Tuned tier: with native ByteDropout noise and the same seed, the bound compiled epoch and the eager one draw
+    the same bytes step by step (the bound inputs are allocated without a draw), so they end at the same parameters
+    up to the compiled update's rounding (lr folded into the backward pass: about 1e-7 a step); other masks would
+    move them by far more."""
     batches = contract.EpochBatches(x=fashion.train_x[:768], y=fashion.train_y[:768], order=np.arange(768),
                                     batch_size=256)
     params = {}
     for mode in MODES:
-        backend = make_backend("mxnet", model=ModelSpec(impl="concise"), train=TrainSpec(mode=mode), seed=5)
+        backend = make_backend("mxnet", model=ModelSpec(impl="concise"), train=TrainSpec(mode=mode, tuning="tuned"),
+                               seed=5)
         backend.train_epoch(batches=batches)
         params[mode] = backend.get_params()
     for key, value in params["eager"].items():
         np.testing.assert_allclose(params["compiled"][key], value, rtol=0, atol=1e-5 * float(np.abs(value).max()),
                                    err_msg=key)
+
+
+# --- (f) the stock tier is Gluon as its documentation teaches it; the tuned tier takes its own paths --------------
+_TIER_PROBE = """
+import json, os, sys
+import numpy as onp
+from backends import contract, registry
+from backends.contract.spec import ModelSpec, TrainSpec
+tuning, impl, mode = sys.argv[1:4]
+backend_class = registry.load_class("mxnet", tuning)
+model, train = ModelSpec(impl=impl), TrainSpec(mode=mode, tuning=tuning, weight_decay=1e-2)
+backend = backend_class(model=model, train=train)
+backend.build(seed=0, params=contract.shared_init(model, 0))
+rng = onp.random.default_rng(0)
+x, y = rng.random((300, 784), dtype=onp.float32), rng.integers(0, 10, 300)
+masks = contract.draw_masks(model, 256, rng)
+before = backend.get_params()
+_, grads = backend.loss_and_grads(x=x[:256], y=y[:256], masks=masks)
+backend.train_step(x=x[:256], y=y[:256], masks=masks)
+after = backend.get_params()
+trainer = getattr(backend, "_trainer", None)
+updates = [trainer.optimizer.num_update if trainer else None]
+backend.train_epoch(batches=contract.EpochBatches(x=x, y=y, order=onp.arange(300), batch_size=256))  # two steps
+updates.append(trainer.optimizer.num_update if trainer else None)
+decay = {k: train.weight_decay * v if k.endswith("kernel") else 0.0 for k, v in before.items()}
+expected = {k: before[k].astype(onp.float64) - train.lr * (grads[k] + decay[k]) for k in before}
+blocks = []
+def walk(block):
+    blocks.append(block)
+    for child in block._children.values():
+        walk(child)
+walk(backend._train_net)
+print(json.dumps({
+    "trainer": None if trainer is None else f"{type(trainer).__module__}.{type(trainer).__name__}",
+    "optimizer": None if trainer is None else type(trainer.optimizer).__name__.lower(),
+    "wd_mult": None if trainer is None else {p.name.split("_")[-1]: p.wd_mult for p in trainer._params},
+    "updates": updates,
+    "sgd_error": max(float(onp.abs(after[k] - expected[k]).max() / onp.abs(expected[k]).max()) for k in before),
+    "moved": max(float(onp.abs(after[k] - before[k]).max() / onp.abs(before[k]).max()) for k in before),
+    "net": type(backend._train_net).__name__,
+    "blocks": sorted({f"{type(b).__module__}.{type(b).__name__}" for b in blocks}),
+    "hybridized": bool(backend._train_net._active),
+    "engine": os.environ.get("MXNET_ENGINE_TYPE"),
+    "tuned_imported": "backends.mxnet.tuned" in sys.modules,
+}))
+"""
+
+
+def every_core() -> dict[str, str]:
+    """The thread count at which the tuned tier takes MXNet's naive engine: every core this process may use."""
+    return {"OMP_NUM_THREADS": str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                   else os.cpu_count() or 1)}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_the_stock_tier_is_gluon_as_documented(impl, mode):
+    """Stock: a ``gluon.Trainer`` with plain SGD steps it (one update a step, biases not decayed, ``step(1)`` on the
+    mean loss: the update is exactly ``W - lr * (grad + wd W)``, which ``step(batch_size)`` would miss by the batch
+    size); the concise training graph is D2L's chain with Gluon's ``nn.Dropout``, the scratch one the section's
+    ``dropout_layer`` (``model.Noise``); compiled mode hybridizes it; MXNet's default engine runs it even at every
+    core, and nothing of the tuned tier is imported."""
+    out = run_in_mxnet_venv(_TIER_PROBE, "stock", impl, mode, env=every_core())
+    assert out["trainer"] == "mxnet.gluon.trainer.Trainer" and out["optimizer"] == "sgd"
+    assert out["wd_mult"] == {"weight": 1.0, "bias": 0.0}
+    assert out["updates"] == [1, 3], "one Trainer update per step (train_step, then an epoch of two batches)"
+    assert out["moved"] > 1e-4, "the step must move the parameters"
+    assert out["sgd_error"] < 1e-6, f"the update is not W - lr * (grad + wd W): {out['sgd_error']:.3g}"
+    if impl == "concise":
+        assert out["net"] == "DropoutMLP" and "mxnet.gluon.nn.basic_layers.Dropout" in out["blocks"], out["blocks"]
+    else:
+        assert out["net"] == "DropoutMLPScratch" and "backends.mxnet.model.Noise" in out["blocks"], out["blocks"]
+        assert "mxnet.gluon.nn.basic_layers.Dropout" not in out["blocks"]
+    assert not any("tuned" in block for block in out["blocks"])
+    assert out["hybridized"] == (mode == "compiled")
+    assert out["engine"] is None and not out["tuned_imported"]
+
+
+def test_the_tuned_tier_takes_its_own_paths_with_the_same_update():
+    """Tuned: no Trainer (its own ``sgd_update`` over one buffer, the same update ``W - lr * (grad + wd W)``), the
+    concise model's dropout at 0.5 is ByteDropout, and at every core the naive engine was chosen before MXNet
+    loaded."""
+    out = run_in_mxnet_venv(_TIER_PROBE, "tuned", "concise", "compiled", env=every_core())
+    assert out["trainer"] is None and out["updates"] == [None, None]
+    assert out["moved"] > 1e-4 and out["sgd_error"] < 1e-6, out
+    assert "backends.mxnet.tuned.ByteDropout" in out["blocks"], out["blocks"]
+    assert "mxnet.gluon.nn.basic_layers.Dropout" not in out["blocks"]
+    assert out["hybridized"] and out["engine"] == "NaiveEngine" and out["tuned_imported"]

@@ -14,9 +14,10 @@ from backends.contract.backend import (  # noqa: F401
 )
 from backends.contract.initialization import shared_init  # noqa: F401
 from backends.contract.noise import (  # noqa: F401
-    draw_keep, draw_masks, dyadic_keep, keep_fields, mask_draw_kinds, noise_seed, noise_shapes)
+    EVAL_CHUNK, additive_noise_scale, draw_keep, draw_masks, dyadic_keep, gaussian_noise_scale, keep_fields,
+    keep_scale, mask_draw_kinds, noise_seed, noise_shapes)
 from backends.contract.spec import (  # noqa: F401
-    DEVICES, IMPLS, INITS, MODES, NOISE_KINDS, ModelSpec, SpecError, TrainSpec,
+    DEVICES, IMPLS, INITS, MODES, NOISE_KINDS, TUNINGS, ModelSpec, SpecError, TrainSpec,
 )
 from backends.contract.timing import Stopwatch  # noqa: F401
 from backends.contract.xla import xla_gemm_library  # noqa: F401

@@ -34,6 +34,7 @@ class Capabilities:
     devices: tuple[str, ...] = ("cpu",)
     noise_kinds: tuple[str, ...] = ("dropout", "dropconnect", "gaussian", "additive")
     supports_masks: bool = True
+    distinct_impls: bool = True  # concise (the framework's Dropout layer) and scratch are different code
 
 
 @dataclass(frozen=True)
@@ -157,36 +158,9 @@ class Backend(abc.ABC):
     def synchronize(self) -> None:
         """Wait until queued device work is done; every timer is preceded by this. Host-only backends do nothing."""
 
-    def gemm_library(self, *, m: int, k: int, n: int) -> str | None:
-        """The GEMM library this backend's float32 matmul runs in this mode for an m x k @ k x n product, as the
-        framework tells it (for the bench's start event); None where the backend does not say."""
-        return None
-
-    def gemm_step_probe(self, *, products: Sequence[Mapping[str, Any]], rounds: int = 1):
-        """A callable that computes every product of ``products`` through this backend's float32 matmul, in this
-        mode, ``rounds`` times over, one round after another, and returns once they are done; None where the
-        backend does not say. Each product is a mapping with ``m``, ``k``, ``n`` (an m x k @ k x n product) and
-        ``ta``/``tb`` (that operand is the transpose of the array the framework holds, as in the training step);
-        the callable returns the last round's m x n results, in order, as the framework's arrays. The operands are
-        made once, outside the callable. Where the framework compiles its step into one program (a jitted function,
-        an XLA cluster, a bound graph), the rounds are one program too: a loop whose products each wait for the one
-        before, as a training step's chain of products does, with the operands hidden from the compiler's
-        loop-invariant hoisting, so that what is timed is the GEMM library and not a call's dispatch and fresh
-        output buffers. For the bench: the step's necessary GEMMs through the framework (and the first layer's
-        forward product alone), beside the floor's through NumPy's BLAS; the bench divides by ``rounds``."""
-        return None
-
-    def noise_probe(self, *, batch_size: int):
-        """(what draws it, a callable): one training step's dropout noise made alone, the way this backend's
-        ``concise`` training step makes it (every hidden layer's mask drawn and applied to a (batch, width) array,
-        in this mode), on a generator of its own so that the backend's stream does not move; the callable returns
-        once the work is done. For the bench's start event, which sets it beside the noise's measured cost. None
-        where the backend does not say."""
-        return None
-
 
 def held_operand_shapes(product: Mapping[str, Any]) -> tuple[tuple[int, int], tuple[int, int]]:
-    """The shapes of the two arrays a framework holds for a ``gemm_step_probe`` product (m x k @ k x n): (k, m) for
+    """The shapes of the two arrays a framework holds for a ``probes.gemm_step_probe`` product (m x k @ k x n): (k, m) for
     a transposed first operand (``ta``), else (m, k); (n, k) for a transposed second one (``tb``), else (k, n)."""
     m, k, n = product["m"], product["k"], product["n"]
     return ((k, m) if product["ta"] else (m, k)), ((n, k) if product["tb"] else (k, n))

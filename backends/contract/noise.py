@@ -2,6 +2,8 @@
 which keep probabilities a mask can draw from a few random bits an element (``dyadic_keep``, ``keep_fields``)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from backends.contract.spec import ModelSpec
@@ -56,6 +58,25 @@ def keep_fields(rng: np.random.Generator, count: int, bits: int) -> np.ndarray:
         return octets[:count]
     shifts = np.arange(0, 8, bits, dtype=np.uint8)
     return ((octets[:, None] >> shifts) & np.uint8((1 << bits) - 1)).reshape(-1)[:count]
+
+
+EVAL_CHUNK = 10_000  # examples per evaluation forward: the test split in one piece, the training split in six
+
+
+def keep_scale(p: float) -> float:
+    """Inverted dropout's scale of a kept element at rate p: 1 / (1 - p), and 0 at p = 1 (everything dropped, and no
+    division by zero)."""
+    return 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
+
+
+def gaussian_noise_scale(p: float) -> float:
+    """Multiplicative Gaussian noise ``h * (1 + s * z)`` at rate p: s = sqrt(p / (1 - p)), dropout's variance."""
+    return math.sqrt(p / (1.0 - p))
+
+
+def additive_noise_scale(p: float) -> float:
+    """Additive Gaussian noise ``h + s * z`` at rate p: s = p, the noise's standard deviation."""
+    return float(p)
 
 
 def noise_seed(seed: int) -> int:

@@ -14,6 +14,9 @@ IMPLS = ("concise", "scratch")
 INITS = ("shared", "framework")
 MODES = ("eager", "compiled")
 DEVICES = ("cpu", "gpu")
+# stock: the framework's public API as its own documentation and D2L teach it; tuned: this project's same-law speed
+# paths (packed masks, fused steps, other GEMM routes, bound graphs), held to the same parity ladder.
+TUNINGS = ("stock", "tuned")
 
 # Noise kinds, applied at every hidden layer i with that layer's rate p_i (``ModelSpec.dropouts[i]``).
 # The injected ``masks`` of the Backend contract hold, per hidden layer, exactly the random draw named here.
@@ -103,6 +106,7 @@ class TrainSpec:
     train_limit: int | None = None
     mode: str = "eager"
     device: str = "cpu"
+    tuning: str = "stock"
 
     def __post_init__(self) -> None:
         _positive_int("epochs", self.epochs)
@@ -117,3 +121,4 @@ class TrainSpec:
             _positive_int("train_limit", self.train_limit)
         require(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         require(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        require(self.tuning in TUNINGS, f"tuning must be one of {', '.join(TUNINGS)}, got {self.tuning!r}")

@@ -30,8 +30,8 @@ def serve(backend_name: str) -> int:
         try:
             method, kwargs = request["method"], request.get("kwargs", {})
             if method == "__init__":
-                backend_class = registry.load_class(backend_name)
                 model, train = ModelSpec(**kwargs["model"]), TrainSpec(**kwargs["train"])
+                backend_class = registry.load_class(backend_name, train.tuning)
                 backend = backend_class(model=model, train=train, threads=kwargs.get("threads"))
                 reply: Any = {"ok": {"version": backend_class.version(), "capabilities": backend.capabilities.__dict__}}
             elif method == "__exit__":
