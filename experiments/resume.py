@@ -4,6 +4,10 @@ that make ``--out``/``--resume`` fail before any work.
 A job is done when its summary row says ``ok`` with the fingerprint the job has now. Every other job of the matrix
 (failed, interrupted, unavailable, unfinished: epoch rows but no summary row, stale: another fingerprint, or new)
 runs again from its start, and its old rows are dropped first, so no table ever holds a job twice.
+
+Before any of that, the checks here refuse (one line, exit status 2) a folder that another harness holds
+(``experiments.lock``), and, for ``--resume``, a folder whose ``meta.json`` is missing or whose tables are not whole
+(``rundir.check_tables``): nothing in it is rewritten then.
 """
 from __future__ import annotations
 
@@ -12,10 +16,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from experiments import lock
 from experiments.fingerprint import job_fingerprint
 from experiments.options import UsageError
 from experiments.plan import Job
-from experiments.rundir import job_identity, load_tables, row_identity
+from experiments.rundir import DamagedFolder, check_tables, job_identity, load_tables, row_identity
 
 META = "meta.json"
 
@@ -35,7 +40,8 @@ def check_out_folder(out: Path, *, resume: bool) -> None:
     if out.is_dir():
         if not os.access(out, os.W_OK | os.X_OK):
             raise UsageError(f"--out {out} is not writable; choose another --out")
-        if not resume and any(out.iterdir()):
+        lock.check_free(out)  # another harness runs there: its name, before anything else is said or done
+        if not resume and any(p.name != lock.LOCK_NAME for p in out.iterdir()):
             raise UsageError(f"run folder {out} already holds results; pass --resume to continue it "
                              f"(--resume --force reruns every job) or choose another --out")
         return
@@ -55,7 +61,8 @@ def check_out_folder(out: Path, *, resume: bool) -> None:
 
 
 def check_run_folder(out: Path, experiment: str) -> None:
-    """``--resume`` needs a run folder (its ``meta.json``) of the same experiment."""
+    """``--resume`` needs a run folder (its ``meta.json``) of the same experiment, whose tables are whole: a cut,
+    edited or foreign CSV is refused (``rundir.check_tables``) before anything in the folder is rewritten."""
     try:
         meta = json.loads((out / META).read_text())
     except (OSError, ValueError):
@@ -66,6 +73,11 @@ def check_run_folder(out: Path, experiment: str) -> None:
     if meta["experiment"] != experiment:
         raise UsageError(f"--resume: {out} holds experiment {meta['experiment']}, not {experiment}; "
                          f"pass --experiment {meta['experiment']} or choose another --out")
+    try:
+        check_tables(out)
+    except DamagedFolder as damage:
+        raise UsageError(f"--resume: {damage}; the folder was left as it is: restore the file from a copy, or run "
+                         f"afresh into another --out") from None
 
 
 def plan(jobs: list[Job], out: Path, *, data_dir: Path, threads: int, resume: bool,
@@ -92,10 +104,11 @@ def plan(jobs: list[Job], out: Path, *, data_dir: Path, threads: int, resume: bo
 
 
 def dry_run_lines(decisions: list[Decision], *, resume: bool) -> list[str]:
-    lines = [f"{'backend':<11}{'impl':<9}{'mode':<10}{'variant':<16}{'seed':>5}{'epochs':>8}  action"]
+    lines = [f"{'backend':<11}{'tuning':<7}{'impl':<9}{'mode':<10}{'variant':<16}{'seed':>5}{'epochs':>8}  action"]
     for d in decisions:
         action = "reuse" if d.action == "reuse" else f"run ({d.reason})"
-        lines.append(f"{d.job.backend:<11}{d.job.model.impl:<9}{d.job.train.mode:<10}{d.job.variant:<16}"
+        lines.append(f"{d.job.backend:<11}{d.job.train.tuning:<7}{d.job.model.impl:<9}{d.job.train.mode:<10}"
+                     f"{d.job.variant:<16}"
                      f"{d.job.train.seed:>5}{d.job.train.epochs:>8}  {action}")
     reuse = sum(d.action == "reuse" for d in decisions)
     lines.append(f"{len(decisions)} jobs: {len(decisions) - reuse} to run, {reuse} reused"

@@ -18,13 +18,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from backends import registry
-from experiments import resume
+from experiments import lock, resume
 from experiments.executors.local import LocalExecutor
 from experiments.executors.base import Executor, Launch
 from experiments.executors.process import describe_exit, last_line, read_text
 from experiments.plan import Experiment, Job
 from experiments.progress import Progress
-from experiments.rundir import RunFolder, job_columns, job_identity, row_identity, run_metadata, summary_row
+from experiments.options import TARGET_ACC
+from experiments.rundir import (
+    RunFolder, job_columns, job_identity, load_tables, row_identity, run_metadata, seconds_to_target, summary_row,
+)
 
 EventHook = Callable[[Job, dict[str, Any], Any], None]
 POLL = 0.5  # seconds between checks of the job timeouts while no event arrives
@@ -44,6 +47,7 @@ class RunOptions:
     resume: bool = False
     force: bool = False
     all_cpus_of_node: bool = False  # ray executor: each job asks for every CPU of a node (the bench)
+    target_acc: float = TARGET_ACC  # the validation accuracy of summary.csv's seconds_to_target (--target-acc)
 
 
 class Interrupted(BaseException):
@@ -63,8 +67,10 @@ class RunInterrupted(KeyboardInterrupt):
 class JobRecord:
     """One running job: its events become rows as they arrive; ``finish`` gives its summary row."""
 
-    def __init__(self, index: int, job: Job, fingerprint: str, folder: RunFolder, executor: str) -> None:
+    def __init__(self, index: int, job: Job, fingerprint: str, folder: RunFolder, executor: str, *,
+                 target_acc: float = TARGET_ACC) -> None:
         self.index, self.job, self.fingerprint, self.folder, self.executor = index, job, fingerprint, folder, executor
+        self.target_acc = target_acc
         self.columns = job_columns(job)
         self.epochs: list[dict[str, Any]] = []
         self.start = self.end = self.error = None
@@ -111,7 +117,8 @@ class JobRecord:
 
     def summary(self, status: str | None = None) -> dict[str, Any]:
         status = status or ("ok" if self.error is None else "failed")
-        row = summary_row(self.job, self.epochs, self.start, self.end, status, self.error or "")
+        row = summary_row(self.job, self.epochs, self.start, self.end, status, self.error or "",
+                          target_acc=self.target_acc)
         row.update(reused="no", executor=self.executor, host=self.host, concurrent_jobs=self.concurrent,
                    dispatch_seconds=self.dispatch_seconds, fingerprint=self.fingerprint)
         return row
@@ -161,13 +168,15 @@ def run_experiment(experiment: Experiment, options: RunOptions, *, argv: list[st
     ``between_jobs(job)`` runs before each job is started and once more with None after the last (the bench times
     its floor there; it refuses more than one job at a time, so no worker is alive then)."""
     jobs = experiment.jobs(lambda name: registry.resolve(name).modes)
-    # Before the folder is touched (a cluster that cannot be reached is a user error), and before the signals are
-    # taken over: ray.init installs its own SIGTERM handler.
-    executor = make_executor(options)
-    try:
-        return _run(experiment, jobs, options, executor, argv, on_event, between_jobs, decisions)
-    finally:
-        executor.shutdown()
+    # One harness per run folder (``experiments.lock``): a second one is refused here, before anything is started.
+    with lock.hold(options.out_dir):
+        # Before the folder is touched (a cluster that cannot be reached is a user error), and before the signals
+        # are taken over: ray.init installs its own SIGTERM handler.
+        executor = make_executor(options)
+        try:
+            return _run(experiment, jobs, options, executor, argv, on_event, between_jobs, decisions)
+        finally:
+            executor.shutdown()
 
 
 def _run(experiment: Experiment, jobs: list[Job], options: RunOptions, executor: Executor, argv: list[str] | None,
@@ -180,7 +189,8 @@ def _run(experiment: Experiment, jobs: list[Job], options: RunOptions, executor:
     rerun = {job_identity(d.job) for d in decisions if d.action == "run"}
     folder.keep_only(lambda identity: identity not in rerun)
     reused = {job_identity(d.job) for d in decisions if d.action == "reuse"}
-    folder.replace_table("summary", [dict(row, reused="yes") if row_identity(row) in reused else row
+    folder.replace_table("summary", [dict(row, reused="yes", **_retargeted(row, folder, options.target_acc))
+                                     if row_identity(row) in reused else row
                                      for row in folder.tables.get("summary", [])])
     rows = [row for row in folder.tables.get("summary", []) if row_identity(row) in reused]
     progress = Progress(options.progress, len(jobs))
@@ -189,7 +199,7 @@ def _run(experiment: Experiment, jobs: list[Job], options: RunOptions, executor:
                         versions=versions)
     meta.update(experiment=experiment.name, data_dir=str(options.data_dir), jobs=len(jobs),
                 started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), executor=options.executor,
-                concurrent_jobs=options.jobs, reused_jobs=len(reused))
+                concurrent_jobs=options.jobs, reused_jobs=len(reused), job_statuses=status_counts(rows))
     folder.write_json("meta.json", meta)
     for index, decision in enumerate(decisions, start=1):
         if decision.action == "reuse":
@@ -201,7 +211,8 @@ def _run(experiment: Experiment, jobs: list[Job], options: RunOptions, executor:
         folder.append("summary", row)
         if row.get("framework_version"):
             versions[record.job.backend] = row["framework_version"]
-        meta.update(frameworks=versions, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        meta.update(frameworks=versions, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    job_statuses=status_counts(rows))
         folder.write_json("meta.json", meta)
         text = "done" if row["status"] == "ok" else f"{row['status'].upper()}: {row['error']}"
         progress.update(record.index, record.job, text, final=True)
@@ -214,7 +225,8 @@ def _run(experiment: Experiment, jobs: list[Job], options: RunOptions, executor:
             while pending or running:
                 while pending and len(running) < executor.capacity:
                     index, decision = pending.popleft()
-                    record = JobRecord(index, decision.job, decision.fingerprint, folder, executor.name)
+                    record = JobRecord(index, decision.job, decision.fingerprint, folder, executor.name,
+                                       target_acc=options.target_acc)
                     if not registry.is_available(decision.job.backend):
                         record.error = registry.unavailable_reason(decision.job.backend)
                         finish(record, "unavailable")
@@ -258,6 +270,38 @@ def _run(experiment: Experiment, jobs: list[Job], options: RunOptions, executor:
                 finish(record, "interrupted")
             raise RunInterrupted(stop.signum, rows) from None
     return rows
+
+
+def _retargeted(row: dict[str, Any], folder: RunFolder, target: float) -> dict[str, Any]:
+    """A reused job's time to target, taken again from its epoch rows for this run's target accuracy."""
+    identity = row_identity(row)
+    epochs = [e for e in folder.tables.get("epochs", []) if row_identity(e) == identity]
+    if not epochs:  # a folder from before the epoch rows: keep what the row says
+        return {}
+    return {"seconds_to_target": seconds_to_target(epochs, target), "target_acc": target}
+
+
+def status_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """How many of this run's jobs (reused ones included) ended in each status: ``meta.json``'s ``job_statuses``."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    return counts
+
+
+def exit_status(statuses) -> int:
+    """A run's exit status from its jobs' statuses (an iterable of them, or ``job_statuses`` counts): 0 when every
+    job that could run finished (``ok``; a backend that is not installed, ``unavailable``, could not run), 1 when a
+    job failed, diverged, timed out or was interrupted, or when no job could run at all."""
+    if isinstance(statuses, dict):
+        statuses = [status for status, count in statuses.items() for _ in range(int(count))]
+    ran = [status for status in statuses if status != "unavailable"]
+    return 0 if ran and all(status == "ok" for status in ran) else 1
+
+
+def summary_statuses(folder: Path) -> list[str]:
+    """The status of every summary row in ``folder`` (a bench's folder holds every round's)."""
+    return [row.get("status") or "" for row in load_tables(folder).get("summary", [])]
 
 
 def make_executor(options: RunOptions) -> Executor:

@@ -3,7 +3,9 @@
 - ``Stat`` / ``stat`` / ``paired``: a value over seeds (mean, sd, n, 95 % t-interval), and B minus A paired by seed;
 - ``fmt_stat`` / ``describe``: the number and the sentence for a difference, beyond the seed noise or within it;
 - ``steady_epochs``: the steady epoch time of a job (median and quartiles of epochs 2..E; epoch 1 carries
-  compilation and warm-up).
+  compilation and warm-up);
+- ``log_ratio_test`` / ``holm``: B / A of two jobs' steady epoch times with Student's t on their logs, and Holm's
+  adjustment over the jobs of one comparison (``experiments.compare``).
 """
 from __future__ import annotations
 
@@ -123,3 +125,50 @@ def steady_epochs(epoch_seconds: Sequence[float]) -> Steady | None:
         return None
     median, q1, q3 = quartiles(steady)
     return Steady(median, q1, q3, len(steady))
+
+
+@dataclass(frozen=True)
+class TimeTest:
+    """B against A on the logs of their steady epoch times (Student's t with the pooled spread): the ratio of the
+    geometric means B / A, its 95 % interval and the two-sided p. ``p`` is None where the samples cannot be tested:
+    fewer than two epochs a side, or no spread at all while the times differ (no noise to weigh the difference
+    against)."""
+
+    ratio: float
+    low: float
+    high: float
+    p: float | None
+    df: float
+
+
+def log_ratio_test(a: Sequence[float], b: Sequence[float]) -> TimeTest | None:
+    """Student's two-sample t-test on ``log(b)`` against ``log(a)``, the spread pooled over both runs: under the
+    question asked (are the two runs draws of one configuration?) both have one spread, and the pooled estimate with
+    ``len(a) + len(b) - 2`` degrees of freedom makes the test exact for log-normal times, where Welch's would only
+    approximate it. None where a side has a time that is not positive."""
+    if not (len(a) and len(b)) or min(a) <= 0 or min(b) <= 0:
+        return None
+    la, lb = np.log(np.asarray(a, dtype=float)), np.log(np.asarray(b, dtype=float))
+    diff = float(lb.mean() - la.mean())
+    df = len(la) + len(lb) - 2
+    if len(la) < 2 or len(lb) < 2:
+        return TimeTest(math.exp(diff), math.nan, math.nan, None, math.nan)
+    pooled = (float(((la - la.mean()) ** 2).sum()) + float(((lb - lb.mean()) ** 2).sum())) / df
+    se = math.sqrt(pooled * (1 / len(la) + 1 / len(lb)))
+    if se == 0:
+        return TimeTest(math.exp(diff), math.exp(diff), math.exp(diff), 1.0 if diff == 0 else None, df)
+    p = float(2 * scipy_stats.t.sf(abs(diff) / se, df))
+    half = float(scipy_stats.t.ppf(0.5 + CONFIDENCE / 2, df)) * se
+    return TimeTest(math.exp(diff), math.exp(diff - half), math.exp(diff + half), p, df)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of ``p_values`` (one family): an adjusted p below alpha keeps the chance of any
+    false call among them below alpha."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted = [1.0] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted

@@ -7,6 +7,7 @@ and CI) turns that skip into a failure, so that a broken install cannot pass as 
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import numpy as np
@@ -34,6 +35,21 @@ def require_backend(name: str, *, module_level: bool = False) -> None:
     if os.environ.get("HARNESS_REQUIRE_BACKENDS") == "1":
         pytest.fail(f"HARNESS_REQUIRE_BACKENDS=1 but {reason}", pytrace=False)
     pytest.skip(reason, allow_module_level=module_level)
+
+
+def require_module(name: str, install: str) -> None:
+    """Skip when the module ``name`` (Ray: the optional extra of ``--executor ray``) cannot be imported, or fail
+    under ``HARNESS_REQUIRE_BACKENDS=1``, which ``make test`` sets after installing it."""
+    if importlib.util.find_spec(name) is not None:
+        return
+    reason = f"{name} is not installed; fix: {install}"
+    if os.environ.get("HARNESS_REQUIRE_BACKENDS") == "1":
+        pytest.fail(f"HARNESS_REQUIRE_BACKENDS=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_ray() -> None:
+    require_module("ray", "pip install -r requirements/main.txt  (or: make setup)")
 
 
 class SkippingBackendFactory(BackendFactory):

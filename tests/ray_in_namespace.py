@@ -1,6 +1,7 @@
 """Runs inside the network namespace that tests/test_executors.py creates (``unshare -n``, loopback only): a Ray
 cluster of a head and one more node on 127.0.0.1, the harness through it (and once locally, for reference), a run in
-which one worker is killed mid-task, then the cluster stopped whatever happened. Writes ``result.json`` to OUT.
+which one worker is killed mid-task, one in which the Ray task's own process is killed (it must not be run again),
+one stopped by SIGTERM, then the cluster stopped whatever happened. Writes ``result.json`` to OUT.
 
 KILL_JOB=<job key> python tests/ray_in_namespace.py OUT HARNESS_ARGS...
 """
@@ -67,6 +68,35 @@ def workers_of(out):
             if any(arg.startswith(str(out)) for arg in (p.info["cmdline"] or [])[3:4])]
 
 
+def workers_gone(out, timeout=10.0):
+    """Poll until no worker of the run in ``out`` is left (or the deadline); returns how many are left."""
+    deadline = time.monotonic() + timeout
+    while workers_of(out) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return len(workers_of(out))
+
+
+def kill_task_and_watch(out, key, process, timeout=600):
+    """SIGKILL the Ray task's own process (the parent of job ``key``'s worker) as soon as the worker exists, then
+    watch, until the harness ends, every worker process that job ever gets: a retried task would start a second."""
+    label = f"{out}/{key}"
+    seen, killed = set(), None
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        for candidate in psutil.process_iter(["cmdline"]):
+            if label in (candidate.info["cmdline"] or []):
+                seen.add(candidate.pid)
+                if killed is None:
+                    try:
+                        task = candidate.parent()
+                        killed = task.pid
+                        task.send_signal(signal.SIGKILL)
+                    except (psutil.NoSuchProcess, AttributeError):
+                        pass
+        time.sleep(0.02)
+    return {"task_pid": killed, "worker_pids": len(seen)}
+
+
 def wait_for_epoch(out, timeout=300):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -99,13 +129,15 @@ def main() -> int:
         killed = harness([*args, *address], out / "killed")
         result["killed_worker"] = kill_first_worker(out / "killed", KILL_KEY)
         result["killed"] = finish(killed)
+        task_killed = harness([*args, *address], out / "task-killed")
+        result["killed_task"] = kill_task_and_watch(out / "task-killed", KILL_KEY, task_killed)
+        result["task_killed"] = finish(task_killed)
         result["local"] = finish(harness(args, out / "local"))
         stopped = harness([*args, *address], out / "stopped")
         result["stopped_mid_run"] = wait_for_epoch(out / "stopped")
         stopped.send_signal(signal.SIGTERM)
         result["stopped"] = finish(stopped)
-        time.sleep(3)
-        result["workers_after_sigterm"] = len(workers_of(out / "stopped"))
+        result["workers_after_sigterm"] = workers_gone(out / "stopped")
     except Exception as exc:  # noqa: BLE001 - reported to the test, which fails on it
         result["error"] = repr(exc)
     finally:

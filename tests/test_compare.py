@@ -16,31 +16,40 @@ from tests.helpers import read_csv
 
 BACKENDS = ("numpy", "torch")
 SEEDS = (0, 1, 2)
-EPOCHS = 6  # 5 steady epochs a side: enough for the U test to tell a clean 1.5x apart (p = 0.008)
+EPOCHS = 6  # 5 steady epochs a side
 
 
-def write_run(folder, *, seconds=None, accuracy=None, bench=False, threads=2, seeds=SEEDS, settings=None):
-    """A run folder: every backend x seed of the d2l variant, epoch times about 0.5 s with a little jitter;
-    ``settings``: per backend, the job settings its summary rows carry (``rundir.job_columns``' parameters)."""
-    seconds, accuracy, settings = seconds or {}, accuracy or {}, settings or {}
-    rng = np.random.default_rng(0)
+def write_run(folder, *, seconds=None, accuracy=None, bench=False, threads=2, seeds=SEEDS, settings=None,
+              n_epochs=EPOCHS, noise_seed=0, jitter=0.02, tuning="stock", times=None):
+    """A run folder: every backend x seed of the d2l variant, epoch times about 0.5 s with a jitter of up to
+    ``jitter`` (uniform, relative; drawn from ``noise_seed``: one seed gives one run, another seed a repeat of it);
+    ``settings``: per backend, the job settings its summary rows carry (``rundir.job_columns``' parameters);
+    ``tuning``: the tier of every job, None for a folder from before the tiers (no tuning column); ``times``: per
+    (backend, seed), epoch times given outright."""
+    seconds, accuracy, settings, given = seconds or {}, accuracy or {}, settings or {}, times
+    rng = np.random.default_rng(noise_seed)
     folder.mkdir(parents=True)
     epochs, summary = [], []
     for backend in BACKENDS:
         for seed in seeds:
-            key = {"backend": backend, "impl": "concise", "mode": "eager", "variant": "d2l", "seed": seed}
+            key = {"backend": backend, "tuning": tuning, "impl": "concise", "mode": "eager", "variant": "d2l",
+                   "seed": seed}
             scale = seconds.get((backend, seed), 1.0)
             acc = 0.80 + 0.01 * seed + accuracy.get((backend, seed), 0.0)
-            times = [2.0 * scale] + list((0.5 + rng.uniform(-0.01, 0.01, EPOCHS - 1)) * scale)
+            times = [2.0 * scale] + list(0.5 * (1 + rng.uniform(-jitter, jitter, n_epochs - 1)) * scale)
+            times = (given or {}).get((backend, seed), times)
             for epoch, time in enumerate(times, start=1):
                 epochs.append({**key, "epoch": epoch, "train_loss": 0.5, "train_acc": acc, "val_loss": 0.5,
                                "val_acc": acc, "epoch_seconds": time, "eval_seconds": 0.1, "n_train": 2000,
                                "device": "cpu"})
             summary.append({**key, "status": "ok", "error": "", "final_val_acc": acc,
                             "median_epoch_seconds": float(np.median(times[1:])), **settings.get(backend, {})})
-    pd.DataFrame(epochs, columns=EPOCH_COLUMNS + ["n_train", "device"]).to_csv(folder / "epochs.csv", index=False)
+    untiered = [] if tuning else ["tuning"]
+    pd.DataFrame(epochs, columns=EPOCH_COLUMNS + ["n_train", "device"]).drop(columns=untiered).to_csv(
+        folder / "epochs.csv", index=False)
     extra = list(dict.fromkeys(c for values in settings.values() for c in values))
-    pd.DataFrame(summary, columns=SUMMARY_COLUMNS + extra).to_csv(folder / "summary.csv", index=False)
+    pd.DataFrame(summary, columns=SUMMARY_COLUMNS + extra).drop(columns=untiered).to_csv(folder / "summary.csv",
+                                                                                         index=False)
     meta = {"python": "3.11.7", "numpy": "2.4.6", "frameworks": {"numpy": "2.4.6", "torch": "2.13.0+cpu"},
             "cpu": "Intel(R) Xeon(R) Processor", "cpu_count": 2, "threads": threads, "git_commit": "abc",
             "command": "harness.py", "started": "2026-12-01T10:00:00+0000"}
@@ -88,7 +97,7 @@ def test_one_slower_job_is_flagged_alone_and_fails_the_gate(tmp_path, capsys):
     markdown = (out / "compare.md").read_text()
     assert "| threads | 2 | 1 |" in markdown and "~1.000" in markdown
     assert compare(a, b, tmp_path, "--fail-above", "20")[0] == 1
-    assert "torch concise eager d2l seed 1 1.50x" in capsys.readouterr().out
+    assert "torch stock concise eager d2l seed 1 1.50x" in capsys.readouterr().out
     assert compare(a, b, tmp_path, "--fail-above", "60")[0] == 0  # 50 % slower passes a 60 % gate
 
 
@@ -142,7 +151,7 @@ def test_jobs_on_one_side_only_are_listed(tmp_path, capsys):
     status, rows, _ = compare(a, b, tmp_path)
     assert status == 0 and len(rows) == 4
     out = capsys.readouterr().out
-    assert "only in A: numpy concise eager d2l 2" in out and "only in A: torch concise eager d2l 2" in out
+    assert "only in A: numpy stock concise eager d2l 2" in out and "only in A: torch stock concise eager d2l 2" in out
 
 
 @pytest.mark.parametrize("case, message", [
@@ -161,3 +170,121 @@ def test_bad_inputs_are_one_line_and_exit_2(tmp_path, capsys, case, message):
     assert cli.main(["compare", *argv, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+# --- the time test: power with 4-epoch runs, no false calls between runs of one configuration, cannot judge ---
+
+SHORT = 4  # epochs of a short run: 3 steady epochs a side, where Mann-Whitney's smallest two-sided p is 0.10
+
+
+def test_a_1_5x_slowdown_between_two_4_epoch_runs_is_flagged_and_fails_the_gate(tmp_path, capsys):
+    a = write_run(tmp_path / "a", n_epochs=SHORT)
+    b = write_run(tmp_path / "b", n_epochs=SHORT, noise_seed=1, seconds={("torch", 0): 1.5})
+    status, rows, out = compare(a, b, tmp_path, "--fail-above", "10")
+    assert status == 1
+    assert flagged(rows) == [("torch", 0, "slower")]
+    slow = next(r for r in rows if r["backend"] == "torch" and r["seed"] == "0")
+    assert int(slow["steady_epochs_a"]) == int(slow["steady_epochs_b"]) == 3
+    assert float(slow["p_adjusted"]) < 0.05 and float(slow["ratio_ci95_low"]) > 1.1
+    assert "Gate --fail-above 10%: FAIL (1 job(s) slower" in capsys.readouterr().out
+
+
+def test_a_4_epoch_run_against_itself_passes_the_gate(tmp_path, capsys):
+    run = write_run(tmp_path / "a", n_epochs=SHORT, jitter=0.05)
+    status, rows, _ = compare(run, run, tmp_path, "--fail-above", "10")
+    assert status == 0 and flagged(rows) == []
+    assert "Gate --fail-above 10%: pass" in capsys.readouterr().out
+
+
+def test_a_repeat_of_a_run_with_other_epoch_noise_is_within_the_noise(tmp_path):
+    a = write_run(tmp_path / "a", n_epochs=SHORT, jitter=0.05)
+    repeat = write_run(tmp_path / "b", n_epochs=SHORT, jitter=0.05, noise_seed=1)
+    status, rows, _ = compare(a, repeat, tmp_path, "--fail-above", "10")
+    assert status == 0 and flagged(rows) == [], flagged(rows)
+    assert {r["time_ratio"] for r in rows} != {"1.0"}  # the epochs differ: a repeat, not the run itself
+
+
+def simulated_verdicts(rng, ratios, steady, spread, fail_above=None):
+    """One comparison of jobs whose B / A is ``ratios``: ``steady`` epoch times a side, each the job's time times
+    a log-normal factor of sd ``spread``; the verdicts ``experiments.compare`` gives them."""
+    from experiments import compare as comparing
+
+    rows = []
+    for ratio in ratios:
+        a = [2.0] + list(0.5 * np.exp(rng.normal(0, spread, steady)))
+        b = [2.0 * ratio] + list(0.5 * ratio * np.exp(rng.normal(0, spread, steady)))
+        rows.append(comparing._time_row(a, b))
+    comparing.time_verdicts(rows, fail_above)
+    return [row["time"] for row in rows]
+
+
+@pytest.mark.parametrize("steady", [3, 5])
+def test_comparisons_of_runs_of_one_configuration_call_a_job_significant_at_most_one_time_in_twenty(steady):
+    """Six jobs a comparison, each job's epochs with a spread of 5 %: over 400 such comparisons of two runs of
+    one configuration, at most 5 % get any job called slower or faster (Holm over the jobs), give or take the
+    sampling error of 400 comparisons (3 standard errors: 8 %; without Holm it would be about 26 %)."""
+    rng = np.random.default_rng(7)
+    calls = [simulated_verdicts(rng, [1.0] * 6, steady, 0.05) for _ in range(400)]
+    false = sum(any(v in ("slower", "faster") for v in verdicts) for verdicts in calls)
+    assert false <= 0.08 * len(calls), false
+
+
+def test_a_1_5x_slowdown_with_3_steady_epochs_a_side_is_found_nineteen_times_in_twenty():
+    """One job of six 1.5x slower, 3 steady epochs a side, a spread of 5 %: called slower in at least 95 % of 400
+    comparisons, and the five others called within the noise as often as in the comparisons above."""
+    rng = np.random.default_rng(8)
+    calls = [simulated_verdicts(rng, [1.5] + [1.0] * 5, 3, 0.05) for _ in range(400)]
+    assert sum(verdicts[0] == "slower" for verdicts in calls) >= 0.95 * len(calls)
+    assert sum(any(v != "within the noise" for v in verdicts[1:]) for verdicts in calls) <= 0.08 * len(calls)
+
+
+def test_samples_that_cannot_decide_are_cannot_judge_and_the_gate_fails_closed(tmp_path, capsys):
+    a = write_run(tmp_path / "a", n_epochs=2)  # one steady epoch a side: no spread to weigh a difference against
+    status, rows, out = compare(a, a, tmp_path, "--fail-above", "10")
+    assert status == 3 and {r["time"] for r in rows} == {"cannot judge"}
+    assert "Gate --fail-above 10%: CANNOT JUDGE (6 job(s)" in capsys.readouterr().out
+    assert compare(a, a, tmp_path)[0] == 0  # without a gate it is a report, not a verdict
+    # 3 steady epochs spread over +-20 %: a 1.3x slowdown can be neither confirmed nor ruled out
+    noisy = write_run(tmp_path / "noisy", n_epochs=SHORT, times={("numpy", 1): [2.0, 0.4, 0.5, 0.6]})
+    slower = write_run(tmp_path / "slower", n_epochs=SHORT, times={("numpy", 1): [2.6, 0.52, 0.65, 0.78]})
+    status, rows, _ = compare(noisy, slower, tmp_path, "--fail-above", "10")
+    numpy_1 = next(r for r in rows if r["backend"] == "numpy" and r["seed"] == "1")
+    assert numpy_1["significant"] == "False" and float(numpy_1["time_ratio"]) > 1.1
+    assert numpy_1["time"] == "cannot judge" and status == 3
+    status, rows, _ = compare(noisy, slower, tmp_path, "--fail-above", "60")  # a gate the ratio does not reach
+    assert status == 0 and numpy_1["time_ratio"] == next(
+        r for r in rows if r["backend"] == "numpy" and r["seed"] == "1")["time_ratio"]
+
+
+def test_a_definite_failure_outranks_a_job_that_cannot_be_judged(tmp_path):
+    a = write_run(tmp_path / "a", n_epochs=SHORT, times={("numpy", 1): [2.0, 0.4, 0.5, 0.6]})
+    b = write_run(tmp_path / "b", n_epochs=SHORT, times={("numpy", 1): [2.6, 0.52, 0.65, 0.78]},
+                  accuracy={("torch", s): -0.02 - 0.001 * s for s in SEEDS})
+    status, rows, _ = compare(a, b, tmp_path, "--fail-above", "10")
+    assert "cannot judge" in {r["time"] for r in rows} and status == 1
+
+
+def test_jobs_are_matched_on_their_tier_and_a_folder_from_before_the_tiers_holds_tuned_jobs(tmp_path, capsys):
+    """A folder from before the tiers ran the code that is now the tuned tier."""
+    old = write_run(tmp_path / "old", tuning=None)
+    tuned = write_run(tmp_path / "tuned", tuning="tuned")
+    status, rows, _ = compare(old, tuned, tmp_path)
+    assert status == 0 and len(rows) == len(BACKENDS) * len(SEEDS) and {r["tuning"] for r in rows} == {"tuned"}
+    stock = write_run(tmp_path / "stock")
+    assert cli.main(["compare", str(stock), str(tuned), "--out", str(tmp_path / "out")]) == 2
+    assert "share no finished job" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["cut", "edited", "foreign", "empty"])
+def test_a_damaged_table_is_one_line_naming_the_file_and_exit_2(tmp_path, capsys, damage):
+    a = write_run(tmp_path / "a")
+    b = write_run(tmp_path / "b")
+    table = b / "epochs.csv"
+    text = table.read_text()
+    table.write_text({"cut": text[:len(text) // 2], "edited": text.replace("0.5,", "0.5x,", 1),
+                      "foreign": "when,what\n2026,x\n", "empty": ""}[damage])
+    before = {p.name: p.read_bytes() for p in b.iterdir()}
+    assert cli.main(["compare", str(a), str(b), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(table) in err[0] and "restore the file" in err[0], err
+    assert {p.name: p.read_bytes() for p in b.iterdir()} == before

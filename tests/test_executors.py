@@ -1,6 +1,7 @@
 """Executors: ``--jobs 2`` gives the numbers of ``--jobs 1``; a Ray cluster of two nodes, started inside a network
 namespace of the test's own, gives the local executor's numbers, with its columns, a failed row for a killed worker,
-SIGTERM cancels its tasks and nothing is left running; the bench refuses concurrent jobs."""
+a failed row (and no second run) for a task whose own process dies, SIGTERM cancels its tasks and nothing is left
+running; the bench refuses concurrent jobs."""
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ from tests.test_resume import epoch_numbers, final_numbers
 
 SMALL = ["--experiment", "long-training", "--backend", "numpy", "--backend", "torch", "--epochs", "2",
          "--train-limit", "2000", "--seeds", "0", "1", "--threads", "1"]
-KILL_JOB = "numpy-concise-eager-cpu-none-seed1"
+KILL_JOB = "numpy-stock-concise-eager-cpu-none-seed1"
 
 
 def test_two_local_jobs_at_once_give_the_numbers_of_one_at_a_time(tmp_path):
@@ -49,20 +50,23 @@ def _processes_in(netns: str) -> list[psutil.Process]:
     return found
 
 
-def test_a_two_node_ray_cluster_in_its_own_network_namespace_gives_the_local_numbers(tmp_path):
-    pytest.importorskip("ray")
-    from tests.conftest import require_backend
+@pytest.fixture(scope="module")
+def ray_runs(tmp_path_factory):
+    """The runs of tests/ray_in_namespace.py, once for the module: (their folder, its result.json)."""
+    from tests.conftest import require_backend, require_ray
 
+    require_ray()
     require_backend("torch")
     if shutil.which("unshare") is None or shutil.which("ip") is None:
         pytest.skip("needs unshare and ip (util-linux, iproute2) to make the test's network namespace")
+    tmp_path = tmp_path_factory.mktemp("ray")
     script = backends.PROJECT_ROOT / "tests" / "ray_in_namespace.py"
     command = f"ip link set lo up && exec {sys.executable} {script} {tmp_path} {' '.join(SMALL)}"
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", KILL_JOB=KILL_JOB)
     outcome = None
     try:
         outcome = subprocess.run(["unshare", "-n", "sh", "-c", command], env=env, capture_output=True, text=True,
-                                 timeout=1200)
+                                 timeout=1500)
     finally:
         result = json.loads((tmp_path / "result.json").read_text()) if (tmp_path / "result.json").exists() else {}
         left = _processes_in(result["netns"]) if "netns" in result else []
@@ -72,6 +76,11 @@ def test_a_two_node_ray_cluster_in_its_own_network_namespace_gives_the_local_num
     assert "error" not in result, result
     assert not left, f"left running in the namespace: {[p.pid for p in left]}"
     assert result["nodes"] == 2, result["nodes"]
+    return tmp_path, result
+
+
+def test_a_two_node_ray_cluster_in_its_own_network_namespace_gives_the_local_numbers(ray_runs):
+    tmp_path, result = ray_runs
     for run in ("ray", "local"):
         assert result[run]["returncode"] == 0, result[run]["stderr_tail"]
     ray_run, local = tmp_path / "ray", tmp_path / "local"
@@ -85,27 +94,67 @@ def test_a_two_node_ray_cluster_in_its_own_network_namespace_gives_the_local_num
     assert {r["executor"] for r in read_csv(ray_run / "epochs.csv")} == {"ray"}
     assert len(read_csv(ray_run / "train_eval.csv")) == len(read_csv(local / "train_eval.csv"))
 
+
+
+def test_sigterm_of_a_ray_run_cancels_its_tasks_and_leaves_no_worker(ray_runs):
+    tmp_path, result = ray_runs
     assert result["stopped_mid_run"] and result["stopped"]["returncode"] == 143, result["stopped"]
     assert result["workers_after_sigterm"] == 0
     stopped = read_csv(tmp_path / "stopped" / "summary.csv")
     assert "interrupted" in {r["status"] for r in stopped}, [(r["status"], r["error"]) for r in stopped]
 
+
+def _key_of(row) -> str:
+    return (f"{row['backend']}-{row.get('tuning', 'stock')}-{row['impl']}-{row['mode']}-cpu-{row['variant']}"
+            f"-seed{row['seed']}")
+
+
+def test_a_ray_job_whose_worker_is_killed_is_one_failed_row_and_the_others_finish(ray_runs):
+    tmp_path, result = ray_runs
     assert result["killed_worker"], "the worker to kill never appeared"
     killed = read_csv(tmp_path / "killed" / "summary.csv")
     failed = [r for r in killed if r["status"] != "ok"]
     assert len(killed) == 8 and len(failed) == 1, [(r["status"], r["error"]) for r in killed]
     assert failed[0]["status"] == "failed" and "SIGKILL" in failed[0]["error"], failed[0]["error"]
-    assert f"{failed[0]['backend']}-{failed[0]['impl']}-{failed[0]['mode']}-cpu-{failed[0]['variant']}-seed" \
-           f"{failed[0]['seed']}" == KILL_JOB
+    assert _key_of(failed[0]) == KILL_JOB
+    assert result["killed"]["returncode"] == 1  # a failed job fails the run
+
+
+def test_a_ray_task_whose_process_dies_is_recorded_failed_and_never_run_again(ray_runs):
+    """The task's own process (the Ray worker that runs the job's worker) is SIGKILLed: the job is a failed row
+    that says so; Ray does not run the task again (a retried job would be timed twice, its rows could double), so
+    the job's worker process is started exactly once."""
+    tmp_path, result = ray_runs
+    watched = result["killed_task"]
+    assert watched["task_pid"] is not None, "the worker to kill the task of never appeared"
+    assert watched["worker_pids"] == 1, f"the job's worker was started {watched['worker_pids']} times"
+    summary = read_csv(tmp_path / "task-killed" / "summary.csv")
+    failed = [r for r in summary if r["status"] != "ok"]
+    assert len(summary) == 8 and [_key_of(r) for r in failed] == [KILL_JOB], [(r["status"], r["error"])
+                                                                              for r in summary]
+    assert failed[0]["status"] == "failed" and "not retried" in failed[0]["error"], failed[0]["error"]
+    epoch_numbers(tmp_path / "task-killed")  # asserts that no job's epoch row appears twice
+    rows = [r for r in read_csv(tmp_path / "task-killed" / "epochs.csv") if _key_of(r) == KILL_JOB]
+    assert len(rows) == len({r["epoch"] for r in rows}) <= 2, rows
+    assert result["task_killed"]["returncode"] == 1
 
 
 # Inside the test's network namespace: an HTTP server on loopback (a port of something that is not Ray) and a port
 # that nothing listens on; the harness's train and bench commands against each. Prints one JSON line.
 WRONG_ADDRESS_RUNS = r"""
 import json, subprocess, sys, time
+import socket
 server = subprocess.Popen([sys.executable, "-m", "http.server", "8765", "--bind", "127.0.0.1"],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-time.sleep(1.0)
+deadline = time.monotonic() + 60  # poll until the server listens, rather than guess how long it takes
+while True:
+    try:
+        socket.create_connection(("127.0.0.1", 8765), timeout=1).close()
+        break
+    except OSError:
+        if time.monotonic() > deadline or server.poll() is not None:
+            raise SystemExit("the HTTP server did not start listening")
+        time.sleep(0.05)
 runs = {}
 try:
     for port in (8765, 8766):
@@ -123,7 +172,9 @@ print(json.dumps(runs))
 def test_a_ray_address_where_no_ray_head_answers_is_one_line_at_once_and_makes_no_folder(tmp_path):
     """ray.init against a port of another server retries for many minutes (20 attempts of about 40 s against an
     HTTP server), in C code that SIGTERM does not interrupt; the harness asks the port first."""
-    pytest.importorskip("ray")
+    from tests.conftest import require_ray
+
+    require_ray()
     if shutil.which("unshare") is None or shutil.which("ip") is None:
         pytest.skip("needs unshare and ip (util-linux, iproute2) to make the test's network namespace")
     out = tmp_path / "runs" / "run"

@@ -81,7 +81,7 @@ def test_divergence_is_a_failure_with_its_reason(tmp_path, data_dir):
 def test_worker_exception_is_recorded_and_logged(tmp_path):
     rows = run_experiment(small(seeds=(0,)), options(tmp_path, tmp_path / "no-such-data"))
     assert rows[0]["status"] == "failed" and "DataError" in rows[0]["error"]
-    log = (tmp_path / "run" / "logs" / "numpy-concise-eager-cpu-d2l-seed0.log").read_text()
+    log = (tmp_path / "run" / "logs" / "numpy-stock-concise-eager-cpu-d2l-seed0.log").read_text()
     assert "Traceback" in log
 
 
