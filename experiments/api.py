@@ -26,16 +26,16 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from backends import registry
-from backends.contract.spec import MODES, ModelSpec, TrainSpec
-from experiments import catalog, data, report, resume
+from backends.contract.spec import MODES, TUNINGS, ModelSpec, TrainSpec
+from experiments import catalog, data, lock, report, resume
 from experiments.executors import check_ray_address
-from experiments.options import UsageError, check_train_limit, modes_of, validate_run_options
+from experiments.options import UsageError, check_train_limit, modes_of, tunings_of, validate_run_options
 from experiments.results import Run
 from experiments.runner import RunInterrupted, RunOptions, run_experiment
 from experiments.sections import learning_curves_figure
 
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelSpec) if f.name not in ("num_inputs", "num_outputs"))
-TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSpec) if f.name not in ("seed", "mode"))
+TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSpec) if f.name not in ("seed", "mode", "tuning"))
 # Every field of RunOptions but the two that run() computes can be given to run() by name, so that a field added to
 # RunOptions is reachable from here without a change to this module.
 RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunOptions) if f.name not in ("data_dir", "out_dir"))
@@ -148,6 +148,17 @@ def select_modes(backends: Sequence[str], modes: str | Iterable[str]) -> tuple[s
     return tuple(names)
 
 
+def select_tunings(tunings: str | Iterable[str]) -> tuple[str, ...]:
+    """``"stock"``, ``"tuned"``, ``"all"`` (both, as separate jobs) or a list of tiers."""
+    names = _names(tunings) or ["stock"]
+    if names == ["all"]:
+        return tunings_of("all")
+    for tuning in names:
+        if tuning not in TUNINGS:
+            raise UsageError(f"unknown tuning {tuning!r}; choose from {', '.join(TUNINGS)} or all")
+    return tuple(dict.fromkeys(names))
+
+
 def split_overrides(overrides: dict[str, Any]) -> tuple[dict, dict, dict]:
     """The keyword arguments of ``run`` by destination: ModelSpec, TrainSpec, RunOptions."""
     model = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if k in MODEL_FIELDS}
@@ -170,13 +181,15 @@ def call_text(experiment: str, arguments: dict[str, Any]) -> str:
 
 
 def run(experiment: str = "d2l", *, backends: str | Iterable[str] | None = None,
-        modes: str | Iterable[str] = "eager", seeds: Iterable[int] | None = None, out: str | Path | None = None,
+        modes: str | Iterable[str] = "eager", tuning: str | Iterable[str] = "stock", seeds: Iterable[int] | None = None,
+        out: str | Path | None = None,
         data_dir: str | Path | None = None, threads: int | None = None, job_timeout: float = 900.0,
         progress: bool = True, dry_run: bool = False, argv: list[str] | None = None, **overrides: Any) -> Result | None:
     """Train ``experiment``'s jobs, one worker process each, write the run folder and its report, and return it.
 
     ``backends``: names or ``"all"`` (default: every installed backend); ``modes``: ``"eager"``, ``"compiled"``,
-    a list of them, or ``"all"`` (each backend's own modes); ``seeds``: the experiment's default when None;
+    a list of them, or ``"all"`` (each backend's own modes); ``tuning``: ``"stock"`` (each framework as its own
+    tutorial writes it), ``"tuned"`` (this project's same-law speed paths), or ``"all"`` (both); ``seeds``: the experiment's default when None;
     ``out``: the run folder (``results/<experiment>-<timestamp>``); ``threads``: per framework (all cores).
     ``overrides``: the model's and the trainer's fields (``epochs=2, train_limit=3000, lr=0.05,
     dropouts=(0.2, 0.5), impl="scratch"``, ...) and any further field of ``experiments.runner.RunOptions``
@@ -193,6 +206,7 @@ def run(experiment: str = "d2l", *, backends: str | Iterable[str] | None = None,
         raise registry.BackendError("no backend is available; run make setup (or pip install numpy) first")
     registry.check_device(chosen, train.get("device", "cpu"))
     planned = catalog.build(experiment, backends=chosen, modes=select_modes(chosen, modes),
+                            tunings=select_tunings(tuning),
                             seeds=tuple(seeds) if seeds is not None else None, model_overrides=model,
                             train_overrides=train)
     folder = Path(out) if out is not None else Path("results") / f"{planned.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -217,19 +231,23 @@ def run(experiment: str = "d2l", *, backends: str | Iterable[str] | None = None,
               f"data: {located}   results: {folder}   threads: {threads}   "
               f"executor: {options.executor}", file=sys.stderr)
     if argv is None:
-        argv = [call_text(experiment, {"backends": _names(backends), "modes": modes, "seeds": seeds,
+        argv = [call_text(experiment, {"backends": _names(backends), "modes": modes, "tuning": tuning, "seeds": seeds,
                                        **overrides})]
     interrupted = False
     try:
-        run_experiment(planned, options, argv=argv)
-    except RunInterrupted as stop:
-        stop.out, interrupted = folder, True  # where to resume
-        raise
-    finally:  # an interrupted or failed run gets its report too, for what finished
-        if made and not interrupted and not any(folder.iterdir()):  # refused before a job started: leave nothing
+        with lock.hold(folder):  # the run and its report: a second harness on this folder is refused before either
+            try:
+                run_experiment(planned, options, argv=argv)
+            except RunInterrupted as stop:
+                stop.out, interrupted = folder, True  # where to resume
+                raise
+            finally:  # an interrupted or failed run gets its report too, for what finished
+                written = [p for p in folder.iterdir() if p != lock.lock_path(folder)]
+                if interrupted or written or not made:
+                    report.write(planned.name, folder)
+    finally:
+        if made and folder.is_dir() and not any(folder.iterdir()):  # refused before a job started: leave nothing
             _remove_empty(made)
-        else:
-            report.write(planned.name, folder)
     return load(folder)
 
 

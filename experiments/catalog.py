@@ -33,7 +33,8 @@ def discover() -> dict[str, Entry]:
 CATALOG: dict[str, Entry] = discover()
 
 
-def build(name: str, *, backends: list[str], modes: tuple[str, ...] = ("eager",), seeds: tuple[int, ...] | None = None,
+def build(name: str, *, backends: list[str], modes: tuple[str, ...] = ("eager",),
+          tunings: tuple[str, ...] = ("stock",), seeds: tuple[int, ...] | None = None,
           model_overrides: Mapping[str, Any] | None = None,
           train_overrides: Mapping[str, Any] | None = None) -> Experiment:
     """The experiment with the user's flags applied on top of its defaults. A flag that sets a field which the
@@ -52,5 +53,5 @@ def build(name: str, *, backends: list[str], modes: tuple[str, ...] = ("eager",)
     base_model = dataclasses.replace(ModelSpec(), **{**entry.model, **model_overrides})
     base_train = dataclasses.replace(TrainSpec(), **{**entry.train, **train_overrides})
     return Experiment(name=name, description=entry.description, variants=entry.variants, backends=tuple(backends),
-                      seeds=tuple(seeds) if seeds else entry.seeds, modes=modes, probes=entry.probes,
+                      seeds=tuple(seeds) if seeds else entry.seeds, modes=modes, tunings=tunings, probes=entry.probes,
                       base_model=base_model, base_train=base_train)

@@ -33,7 +33,7 @@ FILES: dict[str, str] = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 
-# Measured on the Debian copy (see shared/reference/fashion-mnist.md); identical to upstream's decompressed files.
+# Measured on the Debian copy (dataset-fashion-mnist); identical to upstream's decompressed files.
 DECOMPRESSED_SHA256: dict[str, str] = {
     "train_images": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
     "train_labels": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",

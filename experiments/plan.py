@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from backends.contract.spec import MODES, ModelSpec, TrainSpec, require
+from backends.contract.spec import MODES, TUNINGS, ModelSpec, TrainSpec, require
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Variant:
     def __post_init__(self) -> None:
         require(bool(self.name) and "," not in self.name, f"variant name must be non-empty, got {self.name!r}")
         model_fields = {f.name for f in dataclasses.fields(ModelSpec)}
-        train_fields = {f.name for f in dataclasses.fields(TrainSpec)} - {"seed", "mode", "device"}
+        train_fields = {f.name for f in dataclasses.fields(TrainSpec)} - {"seed", "mode", "device", "tuning"}
         for key in self.model:
             require(key in model_fields, f"variant {self.name}: unknown model field {key!r}")
         for key in self.train:
@@ -34,7 +34,7 @@ class Variant:
 
 @dataclass(frozen=True)
 class Job:
-    """One worker process: a backend trains one variant with one seed in one mode."""
+    """One worker process: a backend trains one variant with one seed in one mode and tier."""
 
     backend: str
     variant: str
@@ -45,8 +45,8 @@ class Job:
 
     @property
     def key(self) -> str:
-        return (f"{self.backend}-{self.model.impl}-{self.train.mode}-{self.train.device}-{self.variant}"
-                f"-seed{self.train.seed}")
+        return (f"{self.backend}-{self.train.tuning}-{self.model.impl}-{self.train.mode}-{self.train.device}"
+                f"-{self.variant}-seed{self.train.seed}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "variant": self.variant, "experiment": self.experiment,
@@ -64,7 +64,7 @@ class Job:
 
 @dataclass(frozen=True)
 class Experiment:
-    """A named set of variants, run on every chosen backend and mode with every seed."""
+    """A named set of variants, run on every chosen backend, mode and tier with every seed."""
 
     name: str
     description: str
@@ -72,12 +72,13 @@ class Experiment:
     backends: tuple[str, ...] = ("numpy",)
     seeds: tuple[int, ...] = (0,)
     modes: tuple[str, ...] = ("eager",)
+    tunings: tuple[str, ...] = ("stock",)
     probes: tuple[str, ...] = ()
     base_model: ModelSpec = field(default_factory=ModelSpec)
     base_train: TrainSpec = field(default_factory=TrainSpec)
 
     def __post_init__(self) -> None:
-        for attr in ("variants", "backends", "seeds", "modes", "probes"):
+        for attr in ("variants", "backends", "seeds", "modes", "tunings", "probes"):
             object.__setattr__(self, attr, tuple(getattr(self, attr)))
         require(len(self.variants) > 0, f"experiment {self.name} has no variants")
         names = [v.name for v in self.variants]
@@ -88,8 +89,11 @@ class Experiment:
             require(isinstance(seed, int) and seed >= 0, f"seeds must be integers >= 0, got {seed!r}")
         for mode in self.modes:
             require(mode in MODES, f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        require(len(self.tunings) > 0, "choose at least one tuning, e.g. --tuning stock")
+        for tuning in self.tunings:
+            require(tuning in TUNINGS, f"tuning must be one of {', '.join(TUNINGS)}, got {tuning!r}")
         for variant in self.variants:  # building the specs validates every variant now, not in a worker later
-            self.variant_specs(variant, seed=self.seeds[0], mode=self.modes[0])
+            self.variant_specs(variant, seed=self.seeds[0], mode=self.modes[0], tuning=self.tunings[0])
 
     def settings_text(self) -> str:
         """The settings the jobs run with, as the user's flags left them; what a variant sets is named as such."""
@@ -110,9 +114,10 @@ class Experiment:
                        else "all training images")]
         return ", ".join(parts)
 
-    def variant_specs(self, variant: Variant, *, seed: int, mode: str) -> tuple[ModelSpec, TrainSpec]:
+    def variant_specs(self, variant: Variant, *, seed: int, mode: str,
+                      tuning: str = "stock") -> tuple[ModelSpec, TrainSpec]:
         model = dataclasses.replace(self.base_model, **variant.model)
-        train = dataclasses.replace(self.base_train, **variant.train, seed=seed, mode=mode)
+        train = dataclasses.replace(self.base_train, **variant.train, seed=seed, mode=mode, tuning=tuning)
         return model, train
 
     def jobs(self, offered_modes=None) -> list[Job]:
@@ -122,10 +127,11 @@ class Experiment:
         jobs = []
         for backend in self.backends:
             modes = [m for m in self.modes if offered_modes is None or m in offered_modes(backend)]
-            for mode in modes:
-                for variant in self.variants:
-                    for seed in self.seeds:
-                        model, train = self.variant_specs(variant, seed=seed, mode=mode)
-                        jobs.append(Job(backend=backend, variant=variant.name, model=model, train=train,
-                                        experiment=self.name, probes=self.probes))
+            for tuning in self.tunings:
+                for mode in modes:
+                    for variant in self.variants:
+                        for seed in self.seeds:
+                            model, train = self.variant_specs(variant, seed=seed, mode=mode, tuning=tuning)
+                            jobs.append(Job(backend=backend, variant=variant.name, model=model, train=train,
+                                            experiment=self.name, probes=self.probes))
         return jobs

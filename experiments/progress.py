@@ -15,7 +15,8 @@ IN_NOTEBOOK = display_tqdm.__module__ == "tqdm.notebook"  # tqdm.auto picked its
 
 
 def job_label(index: int, total: int, job: Job) -> str:
-    return (f"[{index}/{total}] {job.backend:<10} {job.model.impl:<7} {job.train.mode:<8} seed {job.train.seed} "
+    return (f"[{index}/{total}] {job.backend:<10} {job.train.tuning:<5} {job.model.impl:<7} {job.train.mode:<8} "
+            f"seed {job.train.seed} "
             f"{job.variant}")
 
 

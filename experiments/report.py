@@ -41,7 +41,8 @@ def how_the_jobs_ran(run: Run) -> list[str]:
     if "reused" in summary:
         reused = summary[summary["reused"].astype(str) == "yes"]
         if len(reused):
-            names = ", ".join(f"{r.backend} {r.impl} {r.mode} {r.variant} seed {r.seed}" for r in reused.itertuples())
+            names = ", ".join(f"{r.backend} {getattr(r, 'tuning', 'tuned')} {r.impl} {r.mode} {r.variant} seed {r.seed}"
+                              for r in reused.itertuples())
             notes.append(f"- {len(reused)} of {len(summary)} jobs were reused from an earlier run into this folder "
                          f"(`reused` = yes in summary.csv): same fingerprint, not rerun: {names}.")
     if "concurrent_jobs" in summary:

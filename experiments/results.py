@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-SETUP = ["backend", "impl", "mode"]
+SETUP = ["backend", "tuning", "impl", "mode"]
 
 
 def dropout_columns(columns) -> list[str]:
@@ -23,12 +23,20 @@ def setting_value(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+def with_tuning(frame):
+    """A table with its ``tuning`` column: a run folder written before the tiers existed has none, and ran the code
+    that is now the tuned tier."""
+    if "tuning" not in frame.columns:
+        frame.insert(min(1, len(frame.columns)), "tuning", "tuned")
+    return frame
+
+
 class Run:
     """One run folder read back: the summary, the extra tables, meta.json."""
 
     def __init__(self, experiment: str, folder: Path) -> None:
         self.experiment, self.folder = experiment, Path(folder)
-        self.summary = pd.read_csv(self.folder / "summary.csv")
+        self.summary = with_tuning(pd.read_csv(self.folder / "summary.csv"))
         meta_path = self.folder / "meta.json"
         self.meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         self.variants = list(dict.fromkeys(self.summary["variant"]))
@@ -39,9 +47,9 @@ class Run:
         if len(frame) == 0:
             frame["setup"] = []
             return frame
-        several = {col: frame[col].nunique() > 1 for col in ("impl", "mode")}
+        several = {col: frame[col].nunique() > 1 for col in ("tuning", "impl", "mode")}
         frame["setup"] = [
-            str(row["backend"]) + "".join(f" {row[c]}" for c in ("impl", "mode") if several[c])
+            str(row["backend"]) + "".join(f" {row[c]}" for c in ("tuning", "impl", "mode") if several[c])
             for _, row in frame.iterrows()]
         return frame
 
@@ -50,7 +58,7 @@ class Run:
         path = self.folder / f"{name}.csv"
         if not path.exists():
             return None
-        frame = pd.read_csv(path)
+        frame = with_tuning(pd.read_csv(path))
         keys = self.ok[SETUP + ["variant", "seed", "setup"]]
         return frame.merge(keys, on=SETUP + ["variant", "seed"], how="inner")
 

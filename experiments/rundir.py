@@ -17,12 +17,14 @@ from typing import Any
 
 from experiments.plan import Job
 from experiments.stats import steady_epochs
+from experiments.version import __version__
 
-KEY_COLUMNS = ["backend", "impl", "mode", "variant", "seed"]
+KEY_COLUMNS = ["backend", "tuning", "impl", "mode", "variant", "seed"]
 EPOCH_COLUMNS = KEY_COLUMNS + ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds",
                                "eval_seconds"]
 SUMMARY_COLUMNS = KEY_COLUMNS + ["status", "error", "final_val_acc", "first_epoch_seconds", "median_epoch_seconds",
-                                 "samples_per_second", "peak_rss_mb", "framework_version", "final_val_loss",
+                                 "seconds_to_target", "target_acc", "samples_per_second", "peak_rss_mb",
+                                 "framework_version", "final_val_loss",
                                  "final_train_loss", "final_train_acc", "epochs_completed", "import_seconds",
                                  "data_seconds", "build_seconds", "median_eval_seconds", "reused", "executor",
                                  "host", "concurrent_jobs", "dispatch_seconds", "fingerprint"]
@@ -47,7 +49,8 @@ SETTING_COLUMNS = ["experiment", "device", "noise", "hiddens", "init", "lr", "we
 
 def job_columns(job: Job) -> dict[str, Any]:
     """The job's keys, then the variant's parameters, so that every row can be grouped without a join."""
-    columns: dict[str, Any] = {"backend": job.backend, "impl": job.model.impl, "mode": job.train.mode,
+    columns: dict[str, Any] = {"backend": job.backend, "tuning": job.train.tuning, "impl": job.model.impl,
+                               "mode": job.train.mode,
                                "variant": job.variant, "seed": job.train.seed}
     params: dict[str, Any] = {"experiment": job.experiment, "device": job.train.device, "noise": job.model.noise}
     params.update({f"dropout_{i + 1}": p for i, p in enumerate(job.model.dropouts)})
@@ -113,11 +116,103 @@ def load_tables(folder: Path) -> dict[str, list[dict[str, Any]]]:
     return tables
 
 
+class DamagedFolder(Exception):
+    """A table of a run folder that this harness did not write whole: cut, edited, or another program's."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path} {problem}")
+        self.path, self.problem = path, problem
+
+
+STATUSES = ("ok", "failed", "unavailable", "interrupted")
+INTEGER_COLUMNS = ("seed", "epoch", "epochs_completed", "batch_size", "epochs", "concurrent_jobs")
+FLOAT_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds", "eval_seconds", "final_val_acc",
+                 "first_epoch_seconds", "median_epoch_seconds", "samples_per_second", "peak_rss_mb",
+                 "final_val_loss", "final_train_loss", "final_train_acc", "import_seconds", "data_seconds",
+                 "build_seconds", "median_eval_seconds", "dispatch_seconds", "lr", "weight_decay",
+                 "seconds_to_target", "target_acc")
+# The columns a table of a training run's folder must have (every table has the job's keys, ``job_columns``), but
+# for those added since (a folder from before the tiers has no ``tuning``: its jobs are stock).
+LATER_COLUMNS = ("tuning",)
+REQUIRED_COLUMNS = {"epochs": [c for c in EPOCH_COLUMNS if c not in LATER_COLUMNS],
+                    "summary": [c for c in KEY_COLUMNS + ["status", "error"] if c not in LATER_COLUMNS]}
+
+
+def _number(value: str, integer: bool) -> bool:
+    try:
+        number = float(value)
+    except ValueError:
+        return False
+    return not integer or number == int(number)
+
+
+def check_table(path: Path, required: list[str]) -> None:
+    """Raise ``DamagedFolder`` unless ``path`` is a whole CSV table as ``RunFolder`` writes them: a header with the
+    ``required`` columns, every row as many fields as the header, the file ending with its last row's line end,
+    numbers where the harness writes numbers and a known ``status``. Reads, never writes."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise DamagedFolder(path, f"cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise DamagedFolder(path, "is not a text CSV table (it holds bytes that are not UTF-8)") from None
+    if not text.strip():
+        raise DamagedFolder(path, "is empty: not even its header row is left")
+    if not text.endswith("\n"):
+        raise DamagedFolder(path, "ends in the middle of a line: the file was cut")
+    rows = csv.reader(text.splitlines(keepends=True), strict=True)
+    try:
+        header = next(rows)
+        missing = [name for name in required if name not in header]
+        if missing or len(set(header)) != len(header) or "" in header:
+            what = f"lacks the column(s) {', '.join(missing)}" if missing else "has a malformed header"
+            raise DamagedFolder(path, f"{what}: it is not a table this harness wrote, or it was edited")
+        position = {name: header.index(name) for name in header}
+        for fields in rows:
+            line = rows.line_num
+            if len(fields) != len(header):
+                raise DamagedFolder(path, f"line {line} has {len(fields)} field(s) where the header has "
+                                          f"{len(header)}: the file was cut or edited")
+            for name in INTEGER_COLUMNS + FLOAT_COLUMNS:
+                value = fields[position[name]] if name in position else ""
+                if value and not _number(value, name in INTEGER_COLUMNS):
+                    raise DamagedFolder(path, f"line {line}: {name} is {value[:40]!r}, not a number: the file "
+                                              f"was edited")
+            if "status" in position and fields[position["status"]] not in STATUSES:
+                raise DamagedFolder(path, f"line {line}: status is {fields[position['status']][:40]!r}, not one of "
+                                          f"{', '.join(STATUSES)}: the file was edited")
+    except csv.Error as exc:
+        raise DamagedFolder(path, f"is not a well-formed CSV table (line {rows.line_num}: {exc})") from None
+
+
+def check_tables(folder: Path) -> None:
+    """``check_table`` for every CSV table of a training run's folder (``load_tables`` reads and rewrites them all):
+    each must carry the job's keys, ``summary.csv`` and ``epochs.csv`` their own columns too."""
+    for path in sorted(Path(folder).glob("*.csv")):
+        check_table(path, REQUIRED_COLUMNS.get(path.stem, [c for c in KEY_COLUMNS if c not in LATER_COLUMNS]))
+
+
+def seconds_to_target(epochs: list[dict[str, Any]], target: float) -> float | None:
+    """The time to accuracy (the metric MLPerf and AlgoPerf rank by): the training seconds, first epoch included,
+    until ``val_acc`` first reaches ``target``: the sum of ``epoch_seconds`` of every epoch up to and including the
+    first one whose ``val_acc`` is at least ``target`` (evaluation time is not training time); None when no epoch
+    reaches it. ``epochs`` are epoch rows or events, as numbers or as the strings a CSV gives back."""
+    total = 0.0
+    for epoch in sorted(epochs, key=lambda e: int(e["epoch"])):
+        total += float(epoch["epoch_seconds"])
+        if float(epoch["val_acc"]) >= target:
+            return total
+    return None
+
+
 def summary_row(job: Job, epochs: list[dict[str, Any]], start: dict[str, Any] | None, end: dict[str, Any] | None,
-                status: str, error: str) -> dict[str, Any]:
-    """One row per job. Steady epoch time is the median of epochs 2..E: epoch 1 carries compilation and warm-up."""
+                status: str, error: str, *, target_acc: float | None = None) -> dict[str, Any]:
+    """One row per job. Steady epoch time is the median of epochs 2..E: epoch 1 carries compilation and warm-up.
+    With ``target_acc``, ``seconds_to_target`` is the time to that validation accuracy (empty: never reached)."""
     columns = job_columns(job)
     row: dict[str, Any] = dict(columns["keys"], status=status, error=error, epochs_completed=len(epochs))
+    if target_acc is not None:
+        row.update(seconds_to_target=seconds_to_target(epochs, target_acc), target_acc=target_acc)
     if start:
         for key in ("framework_version", "import_seconds", "data_seconds", "build_seconds"):
             row[key] = start.get(key)
@@ -160,6 +255,7 @@ def git_commit(root: Path) -> str | None:
 def run_metadata(*, root: Path, threads: int, argv: list[str], versions: dict[str, str]) -> dict[str, Any]:
     import numpy
 
-    return {"python": sys.version.split()[0], "numpy": numpy.__version__, "frameworks": versions,
+    return {"dropbench_version": __version__, "python": sys.version.split()[0], "numpy": numpy.__version__,
+            "frameworks": versions,
             "cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": threads, "platform": platform.platform(),
             "git_commit": git_commit(root), "command": " ".join(argv)}

@@ -241,24 +241,46 @@ def report_header(run: Run, description: str) -> list[str]:
     return lines
 
 
+def target_label(frame: pd.DataFrame) -> str:
+    """The heading of the time-to-target column: the target accuracy when every job had the same one."""
+    targets = pd.to_numeric(frame.get("target_acc", pd.Series(dtype=float)), errors="coerce").dropna().unique()
+    return f"s to {targets[0]:g}" if len(targets) == 1 else "s to target"
+
+
+def time_to_target(ok: pd.DataFrame) -> str:
+    """The median over seeds of ``seconds_to_target``; ``none`` where no seed reached the target, and how many did
+    where only some did; ``-`` for a folder without the column."""
+    if "seconds_to_target" not in ok or not len(ok):
+        return "-"
+    seconds = pd.to_numeric(ok["seconds_to_target"], errors="coerce").dropna()
+    if seconds.empty:
+        return "none"
+    shown = f"{seconds.median():.2f}"
+    return shown if len(seconds) == len(ok) else f"{shown} ({len(seconds)}/{len(ok)} seeds)"
+
+
 def side_by_side_rows(summary_rows: Iterable[dict[str, Any]]) -> list[dict[str, str]]:
-    """Jobs grouped by variant, backend, implementation and mode; accuracy as mean and spread over seeds, times as
-    medians over seeds. The one grouping of both tables below."""
+    """Jobs grouped by variant, backend, tier, implementation and mode; accuracy as mean and spread over seeds,
+    times as medians over seeds, the time to the target accuracy among them. The one grouping of both tables below."""
     frame = pd.DataFrame(list(summary_rows))
     if frame.empty:
         return []
+    to_target = target_label(frame)
+    if "tuning" not in frame.columns:
+        frame["tuning"] = "tuned"  # a run folder from before the tiers ran what is now the tuned code
     groups = []
-    for keys, group in frame.groupby(["variant", "backend", "impl", "mode"], sort=False):
+    for keys, group in frame.groupby(["variant", "backend", "tuning", "impl", "mode"], sort=False):
         ok = group[group["status"] == "ok"]
         accuracy = ok["final_val_acc"].astype(float) if len(ok) else pd.Series(dtype=float)
         groups.append({
-            "variant": keys[0], "backend": keys[1], "impl": keys[2], "mode": keys[3],
+            "variant": keys[0], "backend": keys[1], "tuning": keys[2], "impl": keys[3], "mode": keys[4],
             "jobs ok": f"{len(ok)}/{len(group)}",
             "val_acc": f"{accuracy.mean():.4f}" if len(accuracy) else "-",
             "± sd": f"{accuracy.std(ddof=1):.4f}" if len(accuracy) > 1 else "",
             "val_loss": f"{ok['final_val_loss'].astype(float).mean():.4f}" if len(ok) else "-",
             "1st epoch s": f"{ok['first_epoch_seconds'].astype(float).median():.2f}" if len(ok) else "-",
             "epoch s": f"{ok['median_epoch_seconds'].astype(float).median():.2f}" if len(ok) else "-",
+            to_target: time_to_target(ok),
             "samples/s": f"{ok['samples_per_second'].astype(float).median():,.0f}" if len(ok) else "-",
             "version": next((str(v) for v in group.get("framework_version", []) if isinstance(v, str)), ""),
             "problem": "; ".join(sorted({str(e) for e in group["error"] if isinstance(e, str) and e})),
@@ -278,9 +300,12 @@ def side_by_side_markdown(summary_rows: Iterable[dict[str, Any]]) -> str:
 
 
 def runs_section(run: Run, heading: str = "Runs") -> list[str]:
-    return [f"## {heading}", "", "Per variant, backend, implementation and mode: jobs finished, final validation "
+    return [f"## {heading}", "", "Per variant, backend, tier (stock: the framework as its own tutorial writes it; "
+            "tuned: this project's same-law speed paths), implementation and mode: jobs finished, final validation "
             "accuracy and loss (mean, sd over seeds), first epoch (compilation and warm-up) and steady epoch seconds "
-            "(epochs 2..E), training samples per second (medians over seeds).", "",
+            "(epochs 2..E), the time to target (training seconds, first epoch included, until the validation "
+            "accuracy first reached the target of `--target-acc`; *none* where it never did), training samples per "
+            "second (medians over seeds).", "",
             side_by_side_markdown(run.summary.to_dict("records")), ""]
 
 

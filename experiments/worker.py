@@ -87,39 +87,39 @@ def median_call_seconds(call, calls: int = 30, warmup: int = 3) -> float:
 PROBE_ROUNDS = 16  # rounds of a GEMM probe per timed call: a compiled program's call and output buffers, spread thin
 
 
-def products_seconds(backend, products) -> float | None:
-    """The median time of one round of ``products`` through the backend's own matmul (``gemm_step_probe``, 16
-    rounds a timed call); None where the backend does not say."""
-    probe = backend.gemm_step_probe(products=products, rounds=PROBE_ROUNDS)
+def products_seconds(probes, backend, products) -> float | None:
+    """The median time of one round of ``products`` through the backend's own matmul (its ``probes``'
+    ``gemm_step_probe``, 16 rounds a timed call); None where the backend does not say."""
+    probe = probes.gemm_step_probe(backend, products=products, rounds=PROBE_ROUNDS)
     return None if probe is None else median_call_seconds(probe, calls=10) / PROBE_ROUNDS
 
 
-def gemm_rate(backend, m: int, k: int, n: int) -> dict[str, Any] | None:
+def gemm_rate(probes, backend, m: int, k: int, n: int) -> dict[str, Any] | None:
     """The library a backend's float32 matmul runs and the rate it reaches on the first layer's forward product
     (m x k @ k x n) through the framework (bench runs); None where the backend does not say."""
-    library = backend.gemm_library(m=m, k=k, n=n)
-    seconds = products_seconds(backend, [{"m": m, "k": k, "n": n, "ta": False, "tb": False}])
+    library = probes.gemm_library(backend, m=m, k=k, n=n)
+    seconds = products_seconds(probes, backend, [{"m": m, "k": k, "n": n, "ta": False, "tb": False}])
     if library is None or seconds is None:
         return None
     return {"library": library, "shape": [m, k, n], "seconds": seconds, "gflops": 2.0 * m * k * n / seconds / 1e9}
 
 
-def gemm_step_rate(backend, sizes, batch: int) -> dict[str, Any] | None:
+def gemm_step_rate(probes, backend, sizes, batch: int) -> dict[str, Any] | None:
     """One training step's necessary GEMMs (the floor's products) through the backend's own matmul
     (``gemm_step_probe``; bench runs): the median time of a round of them all, one after another; None where the
     backend does not say."""
     products = [g for g in step_gemms(sizes, batch) if g["necessary"]]
-    seconds = products_seconds(backend, products)
+    seconds = products_seconds(probes, backend, products)
     if seconds is None:
         return None
     flops = sum(g["flops"] for g in products)
     return {"seconds": seconds, "products": len(products), "flops": flops, "gflops": flops / seconds / 1e9}
 
 
-def noise_rate(backend, batch: int) -> dict[str, Any] | None:
+def noise_rate(probes, backend, batch: int) -> dict[str, Any] | None:
     """What draws a backend's dropout and the time one step's draws take alone (``noise_probe``; bench runs);
     None where the backend does not say."""
-    probe = backend.noise_probe(batch_size=batch) if hasattr(backend, "noise_probe") else None
+    probe = probes.noise_probe(backend, batch_size=batch)
     if probe is None:
         return None
     library, draw = probe
@@ -132,7 +132,7 @@ def run_job(job_data: dict[str, Any], emit: Emit) -> None:
     threads = int(job_data.get("threads") or 0) or None
 
     clock = time.perf_counter()
-    backend_class = registry.load_class(job.backend)
+    backend_class = registry.load_class(job.backend, job.train.tuning)
     version = backend_class.version()  # imports the framework: part of the import time
     import_seconds = time.perf_counter() - clock
 
@@ -151,10 +151,11 @@ def run_job(job_data: dict[str, Any], emit: Emit) -> None:
     start = {"event": "start", "pid": os.getpid(), "framework_version": version, "import_seconds": import_seconds,
              "data_seconds": data_seconds, "build_seconds": build_seconds}
     if job_data.get("bench_timing"):
-        start["gemm"] = gemm_rate(backend, job.train.batch_size, *job.model.layer_sizes[:2])
-        start["gemm_step"] = gemm_step_rate(backend, job.model.layer_sizes, job.train.batch_size)
+        probes = registry.load_probes(job.backend)
+        start["gemm"] = gemm_rate(probes, backend, job.train.batch_size, *job.model.layer_sizes[:2])
+        start["gemm_step"] = gemm_step_rate(probes, backend, job.model.layer_sizes, job.train.batch_size)
         if job.model.noise == "dropout" and any(0 < p < 1 for p in job.model.dropouts):
-            start["noise"] = noise_rate(backend, job.train.batch_size)
+            start["noise"] = noise_rate(probes, backend, job.train.batch_size)
     emit(start)
 
     for probe in active_probes:

@@ -103,7 +103,7 @@ def test_short_run_writes_the_three_files_with_their_columns(tmp_path):
 
 
 def test_d2l_run_with_numpy_reaches_the_sections_accuracy(tmp_path):
-    """The section's recipe, 10 epochs on all of Fashion-MNIST: about 0.85 here (reference/d2l-dropout.md §7)."""
+    """The section's recipe, 10 epochs on all of Fashion-MNIST: about 0.85, as the D2L section reports."""
     out = tmp_path / "run"
     result = harness("--backend", "numpy", "--out", str(out))
     assert result.returncode == 0, result.stderr

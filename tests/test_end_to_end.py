@@ -1,8 +1,7 @@
 """Rung 6 of the ladder: every backend trains the section's model on all of Fashion-MNIST to the section's accuracy.
 
-D2L's recipe gives about 0.85 after 10 epochs here (reference/d2l-dropout.md §7; the NumPy reference reaches
-0.844-0.857 over seeds 0-2). 0.83 is the issues' bar: a wrong gradient, dropout left on in evaluation or a broken
-data stream misses it by far. Each backend runs through the real CLI and worker, in its compiled mode where it has
+D2L's recipe gives about 0.85 after 10 epochs, as the section reports. 0.83 is the bar: a wrong gradient, dropout
+left on in evaluation or a broken data stream misses it by far. Each backend runs through the real CLI and worker, in its compiled mode where it has
 one (the eager paths are checked step by step by the parity ladder); NumPy's own run is in test_cli.py.
 """
 import csv

@@ -14,7 +14,7 @@ import pytest
 
 import backends
 from backends.contract import shared_init
-from backends.numpy_ref import Backend as NumpyBackend
+from backends.numpy.backend import Backend as NumpyBackend
 from experiments import probes, report, stats
 from experiments.exercises import activation_variance, long_training
 from experiments.catalog import CATALOG, build
@@ -219,8 +219,9 @@ def _d2l_rows(accuracies: dict[tuple[str, str], list[float]], seconds: dict[tupl
     for (backend, mode), values in accuracies.items():
         first, steady = seconds[(backend, mode)]
         for row in _summary_rows({(0.5, 0.5): values}):
-            rows.append(dict(row, backend=backend, mode=mode, variant="d2l", first_epoch_seconds=first,
-                             median_epoch_seconds=steady, samples_per_second=60000 / steady))
+            rows.append(dict(row, backend=backend, tuning="stock", mode=mode, variant="d2l", first_epoch_seconds=first,
+                             median_epoch_seconds=steady, samples_per_second=60000 / steady,
+                             seconds_to_target=first + steady, target_acc=0.84))
     return rows
 
 
@@ -230,15 +231,17 @@ def test_d2l_report_states_agreement_with_numpy_and_the_time(tmp_path):
                   ("torch", "compiled"): [0.840, 0.842, 0.841]}  # -1.00 points at every seed: beyond it
     seconds = {("numpy", "eager"): (1.0, 0.9), ("torch", "eager"): (1.5, 1.0), ("torch", "compiled"): (20.0, 0.5)}
     pd.DataFrame(_d2l_rows(accuracies, seconds)).to_csv(tmp_path / "summary.csv", index=False)
-    epochs = [{"backend": b, "impl": "concise", "mode": m, "variant": "d2l", "seed": seed, "epoch": e,
-               "train_loss": 1.0 / e, "val_loss": 1.1 / e, "val_acc": acc - 0.1 / e}
+    epochs = [{"backend": b, "tuning": "stock", "impl": "concise", "mode": m, "variant": "d2l", "seed": seed,
+               "epoch": e, "train_loss": 1.0 / e, "val_loss": 1.1 / e, "val_acc": acc - 0.1 / e}
               for (b, m), values in accuracies.items() for seed, acc in enumerate(values) for e in (1, 2, 3)]
     pd.DataFrame(epochs).to_csv(tmp_path / "epochs.csv", index=False)
     text = report.write("d2l", tmp_path).read_text()
     sections = re.findall(r"^## (.+)$", text, flags=re.M)
     assert sections == ["Learning curves", "Side by side", "Agreement with the NumPy reference", "Time"]
     assert "```" not in text and (tmp_path / "learning_curves.png").stat().st_size > 5000
-    assert "| d2l | torch | concise | compiled | 3/3 | 0.8410 | 0.0010 | 0.4000 | 20.00 | 0.50 | 120,000 |" in text
+    assert "| 1st epoch s | epoch s | s to 0.84 | samples/s |" in text  # the time to the target accuracy, beside
+    assert "| d2l | torch | stock | concise | compiled | 3/3 | 0.8410 | 0.0010 | 0.4000 | 20.00 | 0.50 | 20.50 | 120,000 |" \
+        in text
     # t(0.975, 2) = 4.303: +0.10 ± 0.17 -> -0.33 to +0.53
     assert "| torch | eager | 3 | +0.10 ± 0.17 | -0.33 to +0.53 | within the seed noise |" in text
     assert "| torch | compiled | 3 | -1.00 ± 0.00 | -1.00 to -1.00 | beyond the seed noise |" in text

@@ -15,23 +15,32 @@ from __future__ import annotations
 import pytest
 
 import backends
+from backends.contract.spec import TUNINGS
 from experiments.parity import ladder
 from tests.conftest import backends_under_test
 
 CASES = [case for name in backends_under_test() for case in ladder.cases(name, modes=backends.resolve(name).modes)]
 
 
-def test_the_ladder_has_every_rung_for_every_mode_it_runs_in():
+def test_the_ladder_has_every_rung_for_every_mode_and_tier_it_runs_in():
     for name in backends_under_test():
         modes = backends.resolve(name).modes
-        mine = [c for c in CASES if c.backend == name]
-        assert {c.rung for c in mine} == set(ladder.RUNGS)
-        for mode in modes:  # the rungs that go through the modes' own code paths run in every mode
-            assert {c.rung for c in mine if c.mode == mode} >= {
-                "evaluate_exact", "sgd_trajectory", "epoch_no_noise", "epoch_noise_on", "epoch_new_noise",
-                "evaluate_chunks"}
-        assert len([c for c in mine if c.rung == "sgd_trajectory"]) == len(modes) * 9  # 2 impls x 4 noises + wd
-        assert all(c.steps == 20 for c in mine)
+        for tuning in TUNINGS:
+            mine = [c for c in CASES if c.backend == name and c.tuning == tuning]
+            distinct = backends.capabilities(name).distinct_impls
+            assert {c.rung for c in mine} == set(ladder.RUNGS) - (set() if distinct else {"concise_scratch"})
+            for mode in modes:  # the rungs that go through the modes' own code paths run in every mode
+                assert {c.rung for c in mine if c.mode == mode} >= {
+                    "evaluate_exact", "sgd_trajectory", "epoch_no_noise", "epoch_noise_on", "epoch_new_noise",
+                    "evaluate_chunks"}
+            assert len([c for c in mine if c.rung == "sgd_trajectory"]) == len(modes) * 9  # 2 impls x 4 noises + wd
+            assert all(c.steps == 20 for c in mine)
+            assert all(c.train().tuning == tuning for c in mine)
+
+
+def test_the_concise_scratch_rung_runs_only_where_the_two_impls_are_different_code():
+    assert not any(c.rung == "concise_scratch" for c in ladder.cases("numpy", modes=("eager",)))
+    assert any(c.rung == "concise_scratch" for c in ladder.cases("torch", modes=("eager",)))
 
 
 @pytest.mark.parametrize("case", [pytest.param(case, id=case.id) for case in CASES])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from backends import registry
-from backends.numpy_ref import Backend as NumpyBackend
+from backends.numpy.backend import Backend as NumpyBackend
 from experiments import data, worker
 from experiments.catalog import build
 
@@ -26,7 +26,7 @@ class RecordingBackend(NumpyBackend):
 @pytest.fixture
 def recorded(monkeypatch):
     RecordingBackend.received = []
-    monkeypatch.setattr(registry, "load_class", lambda name: RecordingBackend)
+    monkeypatch.setattr(registry, "load_class", lambda name, tuning="stock": RecordingBackend)
     job = build("d2l", backends=["numpy"], train_overrides={"epochs": 3, "train_limit": N_TRAIN,
                                                             "batch_size": 100}).jobs()[0]
     events = []

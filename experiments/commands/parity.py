@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 from backends import registry
-from backends.contract.spec import IMPLS, NOISE_KINDS
+from backends.contract.spec import IMPLS, NOISE_KINDS, TUNINGS
 from experiments import data
 from experiments.options import (
-    Parser, UsageError, add_backend_option, add_device_option, add_mode_option, modes_of,
+    DATA_DIR_HELP, THREADS_HELP, Parser, UsageError, add_backend_option, add_device_option, add_mode_option,
+    add_tuning_option, modes_of, tunings_of,
 )
 from experiments.parity import ladder
 from experiments.parity.factory import BackendFactory
@@ -27,22 +28,43 @@ from experiments.rundir import RunFolder, run_metadata
 MAX_STEPS = 234  # consecutive batches of 256 in the 60,000 training images
 
 
+EPILOG = """\
+The rungs, their tolerances and why: docs/parity.md.
+
+exit status:
+  0  every rung passed
+  1  a rung failed or raised (each named on the console), or nothing could be checked
+  2  a usage error, one line on stderr
+
+examples:
+  python harness.py parity                                   # every backend x tier x mode, all rungs
+  python harness.py parity --backend torch --mode compiled   # one backend x mode
+  python harness.py parity --backend jax --tuning stock --noise dropout   # a smaller slice
+  python harness.py parity --backend jax --device gpu        # on a GPU, full float32 products
+  python harness.py parity --backend jax --device gpu --allow-tf32        # what TF32 does to the errors"""
+
+
 def build_parser() -> Parser:
-    parser = Parser(prog="python harness.py parity", description="Check every backend against the NumPy float64 "
-                    "oracle on this machine (the parity ladder of the tests) and write parity.csv/.md/.png.")
+    parser = Parser(prog="python harness.py parity", epilog=EPILOG, description="Check every backend against the "
+                    "NumPy float64 oracle on this machine (the parity ladder of the tests) and write "
+                    "parity.csv/.md/.png.")
     add_backend_option(parser, "default all, and a backend that is not installed gets a row that says so")
-    parser.add_argument("--impl", choices=(*IMPLS, "all"), default="all", help="(default all)")
+    parser.add_argument("--impl", choices=(*IMPLS, "all"), default="all",
+                        help="concise: the framework's Dropout layer; scratch: the section's dropout_layer; all: both "
+                             "(default: all)")
     add_mode_option(parser, "all")
+    add_tuning_option(parser, "all")
     parser.add_argument("--noise", choices=(*NOISE_KINDS, "all"), default="all",
-                        help="noise kind of the rungs that take one (default all)")
+                        help="noise kind of the rungs that take one (default: all)")
     add_device_option(parser)
     parser.add_argument("--steps", type=int, default=ladder.DEFAULT_STEPS,
-                        help=f"SGD steps of the trajectory rung, each checked (default {ladder.DEFAULT_STEPS})")
+                        help=f"SGD steps of the trajectory rung, each checked, at most {MAX_STEPS} (default: "
+                             f"{ladder.DEFAULT_STEPS})")
     parser.add_argument("--allow-tf32", action="store_true",
-                        help="on --device gpu, let the frameworks use TF32 matmuls (default: full float32)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads per framework")
-    parser.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST files")
-    parser.add_argument("--out", type=Path, help="output folder (default results/parity-<timestamp>)")
+                        help="on --device gpu, let the frameworks use TF32 matmuls (default: off, full float32)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, metavar="N", help=THREADS_HELP)
+    parser.add_argument("--data-dir", type=Path, metavar="DIR", help=DATA_DIR_HELP)
+    parser.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: results/parity-<timestamp>)")
     return parser
 
 
@@ -56,7 +78,7 @@ def selection(args: argparse.Namespace) -> Selection:
     return Selection(backends=registry.select(args.backend, installed_only=False), modes=modes_of(args.mode),
                      modes_named=args.mode != "all", impls=IMPLS if args.impl == "all" else (args.impl,),
                      noises=tuple(NOISE_KINDS) if args.noise == "all" else (args.noise,), device=args.device,
-                     steps=args.steps)
+                     steps=args.steps, tunings=tunings_of(args.tuning))
 
 
 def run(args: argparse.Namespace, argv: list[str], *, classes: dict[str, type] | None = None) -> int:
@@ -69,7 +91,7 @@ def run(args: argparse.Namespace, argv: list[str], *, classes: dict[str, type] |
     meta = run_metadata(root=registry.PROJECT_ROOT, threads=args.threads, argv=argv, versions=versions)
     meta.update(started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), device=args.device, allow_tf32=args.allow_tf32,
                 steps=args.steps)
-    print(f"parity: {', '.join(chosen.backends)} x {', '.join(chosen.modes)} on {args.device}, {args.threads} "
+    print(f"parity: {', '.join(chosen.backends)} x {', '.join(chosen.tunings)} x {', '.join(chosen.modes)} on {args.device}, {args.threads} "
           f"threads, {args.steps} SGD steps; results: {out}", file=sys.stderr)
     rows: list[dict] = []
     # Full float32 on a GPU unless --allow-tf32; on the CPU the frameworks' settings are left as they are.
@@ -88,7 +110,7 @@ def run(args: argparse.Namespace, argv: list[str], *, classes: dict[str, type] |
     checked = [r for r in rows if r["status"] != "unavailable"]
     for r in rows:
         if r["status"] == "unavailable":
-            print(f"unavailable: {r['backend']} {r['mode']}: {r['detail']}")
+            print(f"unavailable: {r['backend']} {r['tuning']} {r['mode']}: {r['detail']}")
     print(f"machine: {machine_line(meta)}")
     print(f"results in {out}/ (parity.csv, parity.md, parity.png, meta.json)")
     if failed:

@@ -9,24 +9,57 @@ from backends import registry
 from experiments import api, catalog
 from experiments.options import (
     Parser, add_backend_option, add_device_option, add_mode_option, add_resume_options, add_run_options, add_spec_options,
+    add_target_option, add_tuning_option,
 )
-from experiments.runner import RunInterrupted
+from experiments.runner import RunInterrupted, exit_status
 from experiments.sections import side_by_side
+from experiments.version import __version__
+
+
+DESCRIPTION = """\
+Train D2L's dropout MLP on Fashion-MNIST with several frameworks side by side: one worker process per job
+(backend x tier x mode x variant x seed), then report.md, learning_curves.png, summary.csv and epochs.csv in the
+run folder. Other commands: bench (timings against the machine's floor), parity (every backend against a float64
+oracle), compare (two run folders); python harness.py COMMAND --help for each."""
+
+EPILOG = """\
+exit status:
+  0        every job that could run finished (a backend that is not installed is a row, not a failure)
+  1        a job failed, diverged or timed out; every table and the report are still written
+  2        a usage error or a run folder that another harness holds: one line on stderr, before any job starts
+  130/143  stopped by SIGINT/SIGTERM: finished epochs are kept; the command to resume is printed
+
+examples:
+  python harness.py --backend numpy                          # D2L's run on the NumPy reference (10 epochs, seed 0)
+  python harness.py --backend all --mode all                 # what make run does: every installed backend
+  python harness.py --backend all --mode all --seeds 0 1 2   # three seeds: accuracy with its spread
+  python harness.py --backend torch --tuning all             # PyTorch as its tutorial writes it, and tuned
+  python harness.py --backend numpy --train-limit 2000 --epochs 2   # a smoke run in seconds
+  python harness.py --experiment dropout-swap --backend jax  # exercise 1 of the section (--list: all of them)
+  python harness.py --backend torch --backend jax --device gpu      # on an NVIDIA GPU
+  python harness.py --backend all --out results/mine --resume       # finish an interrupted or failed run"""
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="python harness.py", description="Train D2L's dropout MLP on Fashion-MNIST with several "
-                    "frameworks side by side and write CSV reports. Other commands: bench, parity, compare "
-                    "(python harness.py COMMAND --help).")
-    add_backend_option(parser, "default: all available")
-    parser.add_argument("--experiment", default="d2l", help="named experiment (default d2l; --list shows them)")
+    parser = Parser(prog="python harness.py", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"dropbench {__version__}",
+                        help="print the version and exit")
+    add_backend_option(parser, "default: every installed one")
+    parser.add_argument("--experiment", default="d2l", metavar="NAME",
+                        help=f"a named experiment: {', '.join(catalog.CATALOG)}; --list describes them (default: d2l)")
     add_spec_options(parser)
     add_mode_option(parser, "eager")
+    add_tuning_option(parser, "stock")
     add_device_option(parser)
-    parser.add_argument("--seeds", type=int, nargs="+", metavar="S", help="seeds to run, e.g. --seeds 0 1 2")
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                        help="seeds to run, e.g. --seeds 0 1 2 (default: the experiment's; 0 for d2l, 0 1 2 for "
+                             "the exercises)")
+    add_target_option(parser)
     add_run_options(parser, out_default="results/<experiment>-<timestamp>")
     add_resume_options(parser)
-    parser.add_argument("--list", action="store_true", help="list backends and experiments, then exit")
+    parser.add_argument("--list", action="store_true",
+                        help="list the backends (installed? version? install command) and experiments, then exit "
+                             "(default: off)")
     return parser
 
 
@@ -56,7 +89,7 @@ def run_options(args: argparse.Namespace) -> dict:
     """The run flags, as ``api.run``'s keyword arguments (a new RunOptions field's flag goes here)."""
     return {"out": args.out, "data_dir": args.data_dir, "threads": args.threads, "job_timeout": args.job_timeout,
             "jobs": args.jobs, "executor": args.executor, "ray_address": args.ray_address, "resume": args.resume,
-            "force": args.force, "dry_run": args.dry_run}
+            "force": args.force, "dry_run": args.dry_run, "target_acc": args.target_acc}
 
 
 def resume_command(argv: list[str], out) -> str:
@@ -73,7 +106,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         print(list_everything())
         return 0
     try:
-        result = api.run(args.experiment, backends=args.backend, modes=args.mode, seeds=args.seeds, argv=argv,
+        result = api.run(args.experiment, backends=args.backend, modes=args.mode, tuning=args.tuning, seeds=args.seeds,
+                         argv=argv,
                          **run_options(args), **overrides(args))
     except RunInterrupted as stop:
         print(f"\ninterrupted by {stop.signal_name}: the finished jobs and epochs are in {stop.out}/; continue with\n"
@@ -88,4 +122,5 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     print(f"report: {result.report}")
     if result.figure is not None:
         print(f"figure: {result.figure}")
-    return 0 if result.ok else 1
+    # 1 when any job of this run failed, diverged or timed out (every table and the report are written by now)
+    return exit_status(result.meta.get("job_statuses") or list(result.summary["status"]))

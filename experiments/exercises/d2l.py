@@ -14,10 +14,11 @@ from experiments.results import Run
 from experiments.sections import learning_curves_section, markdown, runs_section
 from experiments.stats import fmt_stat, paired, stat, verdict
 
-REFERENCE = ("numpy", "eager")  # backend, mode: the hand-written NumPy backend is the harness's reference
+REFERENCE = ("numpy", "eager", "stock")  # backend, mode, tier: the plain NumPy backend is the harness's reference
 
 AGREEMENT_INTRO = (
-    "Each backend x mode against the NumPy reference (`numpy`, eager, same implementation): final validation "
+    "Each backend x tier x mode against the NumPy reference (`numpy`, stock, eager, same implementation; where only "
+    "the tuned NumPy ran, that one): final validation "
     "accuracy minus NumPy's, seed by seed, as the mean over seeds ± sd and a 95 % t-interval. With the shared "
     "initialisation and one data stream, a seed gives every backend the same initial weights and the same batches, "
     "so what is left is each framework's own dropout draws and its float rounding; a difference whose interval "
@@ -25,8 +26,9 @@ AGREEMENT_INTRO = (
 
 
 def arm_columns(run: Run) -> list[str]:
-    """The columns that name a backend x mode (with the implementation when the run has several)."""
-    return ["backend", *(["impl"] if run.ok["impl"].nunique() > 1 else []), "mode"]
+    """The columns that name a backend x mode (with the tier and the implementation when the run has several)."""
+    several = [c for c in ("tuning", "impl") if run.ok[c].nunique() > 1]
+    return ["backend", *several, "mode"]
 
 
 def agreement(run: Run) -> tuple[list[dict], list[str]]:
@@ -34,9 +36,13 @@ def agreement(run: Run) -> tuple[list[dict], list[str]]:
     rows, text = [], []
     columns = arm_columns(run)
     for impl, frame in run.ok.groupby("impl", sort=False):
-        reference = frame[(frame["backend"] == REFERENCE[0]) & (frame["mode"] == REFERENCE[1])]
+        numpy = frame[(frame["backend"] == REFERENCE[0]) & (frame["mode"] == REFERENCE[1])]
+        reference = numpy[numpy["tuning"] == REFERENCE[2]]
+        if reference.empty:
+            reference = numpy
         if reference.empty:
             continue
+        reference = reference[reference["setup"] == reference["setup"].iloc[0]]
         ref_setup = reference["setup"].iloc[0]
         ref_acc = stat(reference["final_val_acc"] * 100)
         text.append(f"NumPy reference ({impl}): final validation accuracy {fmt_stat(ref_acc)} % over "
@@ -105,6 +111,14 @@ def timing(run: Run) -> tuple[list[dict], list[str]]:
             if fc > sc and saving > 0 and extra > 0:
                 sentence += f"; compiling pays for its warm-up after about {math.ceil(extra / saving)} epoch(s)"
             text.append(sentence + ".")
+    if "tuning" in columns:
+        for keys, group in frame.groupby([c for c in columns if c != "tuning"], sort=False):
+            tiers = dict(zip(group["tuning"], group["steady"]))
+            if {"stock", "tuned"} <= set(tiers) and tiers["tuned"] > 0:
+                name = " ".join(map(str, keys if isinstance(keys, tuple) else (keys,)))
+                text.append(f"{name}: steady epoch stock {tiers['stock']:.2f} s, tuned {tiers['tuned']:.2f} s: the "
+                            f"same-law speed paths gain {tiers['stock'] / tiers['tuned']:.2f}x (one run; "
+                            "`python harness.py bench` measures the gain in rounds, with its spread).")
     return rows, text
 
 

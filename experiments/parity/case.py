@@ -1,4 +1,5 @@
-"""One rung of the ladder for one backend x impl x mode x noise x device: what it builds and what it is run with."""
+"""One rung of the ladder for one backend x tier x impl x mode x noise x device: what it builds and what it is run
+with."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -18,11 +19,12 @@ class Case:
     device: str = "cpu"
     weight_decay: float = 0.0
     steps: int = 20
+    tuning: str = "stock"
 
     @property
     def id(self) -> str:
         decay = f"-wd{self.weight_decay:g}" if self.weight_decay else ""
-        return f"{self.rung}-{self.backend}-{self.mode}-{self.impl}-{self.noise}{decay}"
+        return f"{self.rung}-{self.backend}-{self.tuning}-{self.mode}-{self.impl}-{self.noise}{decay}"
 
     def model(self, **fields: Any) -> ModelSpec:
         base = {"impl": self.impl if self.impl != "both" else "concise"}
@@ -31,7 +33,7 @@ class Case:
         return ModelSpec(**{**base, **fields})
 
     def train(self, **fields: Any) -> TrainSpec:
-        return TrainSpec(**{"mode": self.mode, "device": self.device, **fields})
+        return TrainSpec(**{"mode": self.mode, "device": self.device, "tuning": self.tuning, **fields})
 
     def __call__(self, make, fashion) -> list:
         """Run the rung: ``make`` builds backends (``BackendFactory``), ``fashion`` is real Fashion-MNIST."""

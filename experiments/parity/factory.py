@@ -8,7 +8,7 @@ import numpy as np
 
 from backends import contract, registry
 from backends.contract.spec import ModelSpec, TrainSpec
-from backends.numpy_ref import Backend as Float32Reference, Oracle
+from backends.numpy.backend import Backend as Float32Reference, Oracle
 from backends.remote.client import RemoteBackend
 
 
@@ -35,7 +35,7 @@ class BackendFactory:
         if name in self.classes:
             backend = self.classes[name](model=model, train=train, threads=threads)
         elif info.in_process:
-            backend = registry.load_class(name)(model=model, train=train, threads=threads)
+            backend = registry.load_class(name, train.tuning)(model=model, train=train, threads=threads)
         else:
             backend = self.remotes.get(name)
             if backend is None:

@@ -1,14 +1,17 @@
-"""Which rung runs for which backend x impl x mode x noise: one list, read by tests/test_parity.py and by
+"""Which rung runs for which backend x tier x impl x mode x noise: one list, read by tests/test_parity.py and by
 ``harness.py parity``.
 
-Rungs that do not depend on the mode (1, 2's forward, 3, 5, 6) run in eager mode, the others in every mode the
-backend offers. Rungs that take no implementation run with the first one selected (``concise`` by default); rung 6
-needs both. A rung's noise is ``-`` where it does not depend on one (and it always runs)."""
+Every tier (``stock``, ``tuned``) climbs the whole ladder: the tuned paths must keep the stock tier's law. Rungs that
+do not depend on the mode (1, 2's forward, 3, 5, 6) run in eager mode, the others in every mode the backend offers.
+Rungs that take no implementation run with the first one selected (``concise`` by default); rung 6 needs both, and
+runs only where the two are different code (``Capabilities.distinct_impls``: NumPy's are one). A rung's noise is
+``-`` where it does not depend on one (and it always runs)."""
 from __future__ import annotations
 
 from typing import Sequence
 
-from backends.contract.spec import IMPLS, NOISE_KINDS
+from backends import registry
+from backends.contract.spec import IMPLS, NOISE_KINDS, TUNINGS
 from experiments.parity import noise_rungs, rungs
 from experiments.parity.case import Case
 
@@ -22,8 +25,17 @@ RUNGS = tuple(RUNG_NUMBERS)
 
 
 def cases(backend: str, *, modes: Sequence[str], impls: Sequence[str] = IMPLS,
-          noises: Sequence[str] = tuple(NOISE_KINDS), device: str = "cpu", steps: int = DEFAULT_STEPS) -> list[Case]:
-    """The ladder for one backend over the modes it offers (``modes``), in rung order."""
+          noises: Sequence[str] = tuple(NOISE_KINDS), device: str = "cpu", steps: int = DEFAULT_STEPS,
+          tunings: Sequence[str] = TUNINGS) -> list[Case]:
+    """The ladder for one backend over the tiers (``tunings``) and the modes it offers (``modes``), tier by tier,
+    in rung order."""
+    return [case for tuning in tunings
+            for case in _tier_cases(backend, modes=modes, impls=impls, noises=noises, device=device, steps=steps,
+                                    tuning=tuning)]
+
+
+def _tier_cases(backend: str, *, modes: Sequence[str], impls: Sequence[str], noises: Sequence[str], device: str,
+                steps: int, tuning: str) -> list[Case]:
     fixed = impls[0]
     out: list[Case] = []
 
@@ -31,7 +43,7 @@ def cases(backend: str, *, modes: Sequence[str], impls: Sequence[str] = IMPLS,
         kinds = noise.split("+")
         if noise == "-" or any(kind in noises for kind in kinds):
             out.append(Case(rung=rung, backend=backend, impl=impl, mode=mode, noise=noise, run=run, device=device,
-                            weight_decay=weight_decay, steps=steps))
+                            weight_decay=weight_decay, steps=steps, tuning=tuning))
 
     eager = "eager" in modes
     if eager:
@@ -65,7 +77,7 @@ def cases(backend: str, *, modes: Sequence[str], impls: Sequence[str] = IMPLS,
             add("seeded_noise", impl, "eager", "dropout", noise_rungs.seeded_noise)
             add("gaussian_additive_stats", impl, "eager", "gaussian+additive", noise_rungs.gaussian_additive_stats)
             add("dropconnect_stats", impl, "eager", "dropconnect", noise_rungs.dropconnect_stats)
-        if set(IMPLS) <= set(impls):
+        if set(IMPLS) <= set(impls) and registry.capabilities(backend).distinct_impls:
             for noise in NOISE_KINDS:
                 add("concise_scratch", "both", "eager", noise, noise_rungs.concise_scratch)
     return out

@@ -1,5 +1,5 @@
 """``parity.csv``, ``parity.md`` (the pass/fail grid, the worst error per rung, the machine line) and ``parity.png``
-(the error against SGD step per backend x mode)."""
+(the error against SGD step per backend x tier x mode)."""
 from __future__ import annotations
 
 import math
@@ -45,19 +45,20 @@ def _fmt(value: Any) -> str:
 def grid(rows: list[dict[str, Any]]) -> list[str]:
     ran = [r for r in rows if r["rung"] != "-"]
     rungs = [rung for rung in RUNGS if any(r["rung"] == rung for r in ran)]
-    lines = ["| backend | mode | " + " | ".join(f"{RUNG_NUMBERS[r]}: {r}" for r in rungs) + " |",
-             "| --- | --- | " + " | ".join("---" for _ in rungs) + " |"]
-    seen: list[tuple[str, str]] = []
+    lines = ["| backend | tier | mode | " + " | ".join(f"{RUNG_NUMBERS[r]}: {r}" for r in rungs) + " |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in rungs) + " |"]
+    seen: list[tuple[str, str, str]] = []
     for r in rows:
-        if (r["backend"], r["mode"]) not in seen:
-            seen.append((r["backend"], r["mode"]))
-    for backend, mode in seen:
-        mine = [r for r in rows if r["backend"] == backend and r["mode"] == mode]
+        if (r["backend"], r.get("tuning", "-"), r["mode"]) not in seen:
+            seen.append((r["backend"], r.get("tuning", "-"), r["mode"]))
+    for backend, tuning, mode in seen:
+        mine = [r for r in rows if r["backend"] == backend and r.get("tuning", "-") == tuning and r["mode"] == mode]
         if all(r["status"] == "unavailable" for r in mine):
-            lines.append(f"| {backend} | {mode} | unavailable: {mine[0]['detail']} |" + " |" * (len(rungs) - 1))
+            lines.append(f"| {backend} | {tuning} | {mode} | unavailable: {mine[0]['detail']} |"
+                         + " |" * (len(rungs) - 1))
             continue
         cells = [_cell([r for r in mine if r["rung"] == rung]) for rung in rungs]
-        lines.append(f"| {backend} | {mode} | " + " | ".join(cells) + " |")
+        lines.append(f"| {backend} | {tuning} | {mode} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -75,7 +76,7 @@ def worst_per_rung(rows: list[dict[str, Any]]) -> list[str]:
                          f"{errors[0]['detail']} |")
             continue
         top = max(mine, key=lambda r: (r["status"] in FAILED, r["max_rel_err"]))
-        where = f"{top['backend']} {top['mode']} {top['impl']} {top['noise']}" + (
+        where = f"{top['backend']} {top.get('tuning', '-')} {top['mode']} {top['impl']} {top['noise']}" + (
             f" step {top['step']}" if top.get("step") is not None else "")
         lines.append(f"| {RUNG_NUMBERS[rung]}: {rung} | {len(mine) + len(errors)} | {failed} | "
                      f"{_fmt(top['max_rel_err'])} | {_fmt(top['max_abs_err'])} | {_fmt(top['tolerance'])} | "
@@ -91,7 +92,7 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any],
              "Matrix-multiply precision in force: " + ("; ".join(f"{b}: {p}" for b, p in precisions) or "-"), "",
              f"**{'FAILED: ' + str(len(failed)) + ' rung(s)' if failed else 'every rung passed'}**", "",
              "## Pass/fail", "",
-             "A cell is every row of that rung for the backend x mode (all implementations, noise kinds and SGD "
+             "A cell is every row of that rung for the backend x tier x mode (all implementations, noise kinds and SGD "
              "steps); `-`: the rung does not run in that mode (rungs 1, 2's forward, 3, 5 and 6 run in eager mode).",
              "", *grid(rows), "", "## Worst error per rung", "",
              f"Scale-relative error: max |actual - expected| / max |expected| (tolerance {RTOL:g} for the exact "
@@ -117,9 +118,9 @@ def write_chart(path: Path, rows: list[dict[str, Any]], title: str) -> None:
         ax.text(0.5, 0.5, "no SGD trajectory ran", transform=ax.transAxes, ha="center")
     else:
         frame["max_rel_err"] = frame["max_rel_err"].astype(float).clip(lower=1e-12)
-        for (backend, mode), group in frame.groupby(["backend", "mode"], sort=False):
+        for (backend, tuning, mode), group in frame.groupby(["backend", "tuning", "mode"], sort=False):
             worst = group.groupby("step")["max_rel_err"].max()
-            ax.plot(worst.index + 1, worst.to_numpy(), marker="o", markersize=3, label=f"{backend} {mode}")
+            ax.plot(worst.index + 1, worst.to_numpy(), marker="o", markersize=3, label=f"{backend} {tuning} {mode}")
         ax.set_yscale("log")
         ax.legend(fontsize=8, ncol=2)
     ax.axhline(RTOL, color="#c44e52", linestyle="--")
