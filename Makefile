@@ -5,7 +5,7 @@ MXVENV := .venv-mxnet
 PY := $(VENV)/bin/python
 TEST_ARGS ?=
 
-.PHONY: setup main-venv mxnet-venv data run test bench clean
+.PHONY: setup main-venv mxnet-venv data run test bench clean clean-results
 setup: main-venv mxnet-venv data
 
 main-venv: $(VENV)/.installed
@@ -36,5 +36,10 @@ test: setup
 bench: setup
 	$(PY) harness.py bench --backend all --mode all
 
+# The venvs and caches only; a user's run folders stay (clean-results removes them, and says so).
 clean:
-	rm -rf $(VENV) $(MXVENV) .pytest_cache results
+	rm -rf $(VENV) $(MXVENV) .pytest_cache
+
+clean-results:
+	@echo "removing results/ (every run folder in it)"
+	rm -rf results

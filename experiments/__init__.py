@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from experiments.version import __version__  # noqa: F401  (experiments.__version__)
+
 LAZY = {"run", "load", "Result"}
 
 

@@ -1,4 +1,4 @@
-"""The README's notebook example, executed headlessly in a Jupyter kernel of this venv (nbclient + ipykernel); a cell
+"""The docs' notebook example (docs/running.md), executed headlessly in a Jupyter kernel of this venv (nbclient + ipykernel); a cell
 that raises fails the test. The kernel spec lives in a temporary folder: nothing is registered on the machine."""
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ assert r.report.exists() and "## Agreement with the NumPy reference" in r.report
 
 
 def readme_example() -> list[str]:
-    """The python code blocks of the README's notebook section, one cell each."""
-    text = (backends.PROJECT_ROOT / "README.md").read_text()
+    """The python code blocks of the notebook section of docs/running.md (the README points there), one cell each."""
+    text = (backends.PROJECT_ROOT / "docs" / "running.md").read_text()
     section = text.split("\n## In a notebook\n", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```python\n(.*?)```", section, flags=re.S)
 
