@@ -1,11 +1,14 @@
-"""The benchmark mode runs end to end, writes its files with the documented columns, and its numbers are sane.
+"""The benchmark mode runs end to end, in rounds and for both tiers, writes its files with the documented columns,
+and its numbers are sane.
 
 Timings are never compared with thresholds here: only what must hold whatever the machine's load (positive times,
-ratio = median / floor, IQR >= 0, a harness share in [0, 1)).
+a round's ratio = its steady median / the floor measured right before it, the medians over the rounds and their
+intervals taken from those rows, a harness share in [0, 1)).
 """
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -19,13 +22,19 @@ from experiments.bench import scaling as bench_scaling
 from tests.helpers import read_csv
 
 HARNESS = [sys.executable, str(backends.PROJECT_ROOT / "harness.py")]
-DOCUMENTED = ["backend", "mode", "device", "status", "error", "framework_version", "threads", "import_seconds",
-              "build_seconds", "first_epoch_seconds", "steady_median_seconds", "steady_iqr_seconds",
-              "samples_per_second", "eval_seconds", "peak_rss_mb", "harness_seconds", "harness_fraction",
-              "floor_seconds", "ratio_to_floor", "floor_full_seconds", "ratio_to_full_floor", "peak_gflops",
-              "floor_efficiency", "noise_off_seconds", "noise_seconds", "noise_draw_library", "noise_draw_seconds",
-              "gemm_library", "gemm_gflops", "framework_gemm_seconds", "framework_gemm_gflops",
-              "framework_gemm_to_floor"]
+DOCUMENTED = ["backend", "mode", "tuning", "device", "status", "error", "framework_version", "threads", "rounds",
+              "rounds_ok", "import_seconds", "build_seconds", "first_epoch_seconds", "steady_median_seconds",
+              "steady_median_seconds_low", "steady_median_seconds_high", "samples_per_second", "eval_seconds",
+              "peak_rss_mb", "harness_seconds", "harness_fraction", "floor_seconds", "ratio_to_floor",
+              "ratio_to_floor_low", "ratio_to_floor_high", "floor_full_seconds", "ratio_to_full_floor", "peak_gflops",
+              "floor_efficiency", "noise_off_seconds", "noise_seconds", "noise_seconds_low", "noise_seconds_high",
+              "gain", "gain_low", "gain_high", "noise_draw_library", "noise_draw_seconds", "gemm_library",
+              "gemm_gflops", "framework_gemm_seconds", "framework_gemm_gflops", "framework_gemm_to_floor"]
+ROUND_DOCUMENTED = ["backend", "mode", "tuning", "round", "position", "status", "steady_median_seconds",
+                    "steady_iqr_seconds", "floor_when", "floor_seconds", "ratio_to_floor", "noise_off_seconds",
+                    "noise_seconds", "gain"]
+TEXT = ("backend", "mode", "tuning", "device", "status", "error", "framework_version", "gemm_library",
+        "noise_draw_library", "floor_when", "hiddens")
 
 # Run under each backend's own interpreter (MXNet's venv too): the shapes of what its gemm_step_probe computes, and
 # whether several rounds (a loop inside one program where the mode compiles) end with the one round's results.
@@ -35,18 +44,19 @@ import numpy as np
 from backends import registry
 from backends.contract.spec import ModelSpec, TrainSpec
 from experiments.bench.floor import step_gemms
-name, mode = sys.argv[1], sys.argv[2]
-backend = registry.load_class(name)(model=ModelSpec(hiddens=(24, 16)), train=TrainSpec(mode=mode, batch_size=8),
-                                    threads=1)
+name, mode, tuning = sys.argv[1], sys.argv[2], sys.argv[3]
+backend = registry.load_class(name, tuning)(model=ModelSpec(hiddens=(24, 16)),
+                                            train=TrainSpec(mode=mode, batch_size=8, tuning=tuning), threads=1)
 backend.build(seed=0)
+probes = registry.load_probes(name)
 products = [g for g in step_gemms((784, 24, 16, 10), 8) if g["necessary"]]
 def run(rounds):
     return [np.asarray(r.asnumpy() if hasattr(r, "asnumpy") else r)
-            for r in backend.gemm_step_probe(products=products, rounds=rounds)()]
+            for r in probes.gemm_step_probe(backend, products=products, rounds=rounds)()]
 once, thrice = run(1), run(3)
 print(json.dumps({"shapes": [list(r.shape) for r in once],
                   "rounds_agree": all(np.array_equal(a, b) for a, b in zip(once, thrice)) and len(once) == len(thrice),
-                  "library": backend.gemm_library(m=8, k=784, n=24)}))
+                  "library": probes.gemm_library(backend, m=8, k=784, n=24)}))
 """
 
 
@@ -121,29 +131,51 @@ def test_the_fit_recovers_t0_and_k_from_synthetic_timings():
     assert bench_scaling.fit_step_times([1e-3], [2e-3]) is None  # one size: nothing to fit
 
 
-def test_the_fit_of_every_backend_mode_annotates_its_rows():
-    rows = [dict(backend="x", mode=m, batch_size=b, step_seconds=t0 + 2.0 * b * 1e-6, floor_step_seconds=b * 1e-6)
-            for m, t0 in (("eager", 1e-3), ("compiled", 1e-4)) for b in (64, 256, 1024)]
-    rows.append(dict(backend="y", mode="eager", batch_size=64, step_seconds=None, floor_step_seconds=64e-6))
+def test_the_fit_of_every_backend_mode_and_tier_annotates_its_rows():
+    rows = [dict(backend="x", mode=m, tuning=t, batch_size=b, step_seconds=t0 + 2.0 * b * 1e-6,
+                 floor_step_seconds=b * 1e-6)
+            for m, t, t0 in (("eager", "stock", 1e-3), ("eager", "tuned", 5e-4), ("compiled", "tuned", 1e-4))
+            for b in (64, 256, 1024)]
+    rows.append(dict(backend="y", mode="eager", tuning="stock", batch_size=64, step_seconds=None,
+                     floor_step_seconds=64e-6))
     fits = bench_scaling.fit_all(rows)
-    assert set(fits) == {("x", "eager"), ("x", "compiled")}  # y has no step time to fit
-    assert fits[("x", "eager")]["t0_seconds"] == pytest.approx(1e-3) and fits[("x", "compiled")]["k"] == \
-        pytest.approx(2.0)
-    assert all(r["fit_step_seconds"] == pytest.approx(r["step_seconds"]) for r in rows[:6])
-    assert "| x | eager | 1000 | 2.00 |" in "\n".join(bench_scaling.fit_lines(rows, fits))
+    assert set(fits) == {("x", "eager", "stock"), ("x", "eager", "tuned"), ("x", "compiled", "tuned")}  # y: no time
+    assert fits[("x", "eager", "stock")]["t0_seconds"] == pytest.approx(1e-3)
+    assert fits[("x", "eager", "tuned")]["t0_seconds"] == pytest.approx(5e-4)  # the tiers are fitted apart
+    assert fits[("x", "compiled", "tuned")]["k"] == pytest.approx(2.0)
+    assert all(r["fit_step_seconds"] == pytest.approx(r["step_seconds"]) for r in rows[:9])
+    assert "| x | eager | stock | 1000 | 2.00 |" in "\n".join(bench_scaling.fit_lines(rows, fits))
 
 
-def test_the_breakdown_adds_up_to_the_epoch():
-    row = dict(backend="x", mode="eager", batch_size=100, steady_median_seconds=2.0, floor_seconds=0.8,
-               noise_seconds=0.3, noise_off_seconds=1.7, gemm_library="BLAS", gemm_gflops=50.0)
+def test_each_round_is_fitted_on_its_own_figures_at_every_size():
+    from types import SimpleNamespace
+
+    def size(batch, t0_by_round):
+        rows = [dict(backend="x", mode="eager", tuning="stock", round=r, status="ok", batch_size=batch,
+                     steady_median_seconds=(t0 + 2.0 * batch * 1e-6) * 1000 / batch, floor_seconds=1e-3 * 1000)
+                for r, t0 in t0_by_round.items()]
+        for row in rows:  # the floor beside the job: batch us a step
+            row["floor_seconds"] = batch * 1e-6 * 1000 / batch
+        return SimpleNamespace(batch=batch, n_train=1000, round_rows=rows)
+
+    results = [size(b, {1: 1e-3, 2: 3e-3}) for b in (64, 256, 1024)]
+    fits = bench_scaling.round_fits(results)
+    assert fits[("x", "eager", "stock", 1)]["t0_seconds"] == pytest.approx(1e-3)
+    assert fits[("x", "eager", "stock", 2)]["t0_seconds"] == pytest.approx(3e-3)
+
+
+def test_the_breakdown_of_a_round_adds_up_to_its_epoch():
+    row = dict(backend="x", mode="eager", tuning="tuned", round=1, batch_size=100, steady_median_seconds=2.0,
+               floor_seconds=0.8, noise_seconds=0.3, noise_off_seconds=1.7, gemm_library="BLAS", gemm_gflops=50.0)
     with_fit = bench_breakdown.decompose(row, 10_000, {"t0_seconds": 2e-3, "k": 1.1})
     assert with_fit["fixed_seconds"] == pytest.approx(0.2) and with_fit["rest_seconds"] == pytest.approx(0.7)
     assert sum(with_fit[k] for k in ("floor_seconds", "noise_seconds", "fixed_seconds", "rest_seconds")) == \
         pytest.approx(with_fit["epoch_seconds"], rel=1e-12)
     alone = bench_breakdown.decompose(row, 10_000, None)
     assert not alone["fixed_measured"] and alone["fixed_seconds"] == 0 and alone["rest_seconds"] == pytest.approx(0.9)
-    text = "\n".join(bench_breakdown.breakdown_lines([alone], 100, 120.0))
-    assert "not measured" in text and "BLAS" in text and "dropout alone" in text
+    _, parts = bench_breakdown.breakdown_rows([row], 10_000, {}, None)
+    text = "\n".join(bench_breakdown.breakdown_lines(parts, 100, 120.0))
+    assert "not measured" in text and "BLAS" in text and "dropout alone" in text and "| x | eager | tuned |" in text
     assert bench_breakdown.decompose(dict(row, steady_median_seconds=None), 10_000, None) is None
 
 
@@ -156,12 +188,15 @@ def test_quartiles_match_numpy():
     assert stats.quartiles([1.5]) == (1.5, 1.5, 1.5)
 
 
+ROUNDS = 2
+
+
 @pytest.fixture(scope="module")
 def numpy_bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "run"
-    result = subprocess.run([*HARNESS, "bench", "--backend", "numpy", "--repeats", "2", "--train-limit", "3000",
-                             "--threads", "1", "--out", str(out)], capture_output=True, text=True,
-                            cwd=backends.PROJECT_ROOT, timeout=900,
+    result = subprocess.run([*HARNESS, "bench", "--backend", "numpy", "--rounds", str(ROUNDS), "--repeats", "2",
+                             "--train-limit", "2000", "--threads", "1", "--out", str(out)], capture_output=True,
+                            text=True, cwd=backends.PROJECT_ROOT, timeout=900,
                             env=dict(os.environ, OPENBLAS_CORETYPE="Haswell"))  # the kernels by name, as here
     assert result.returncode == 0, result.stderr
     return out, result
@@ -169,79 +204,119 @@ def numpy_bench(tmp_path_factory):
 
 def test_numpy_bench_writes_its_files_with_the_documented_columns(numpy_bench):
     out, result = numpy_bench
-    for name in ("bench.csv", "bench.md", "bench.png", "meta.json", "timings.csv", "epochs.csv", "summary.csv",
-                 "breakdown.csv", "breakdown.png"):
+    for name in ("bench.csv", "rounds.csv", "bench.md", "bench.png", "meta.json", "timings.csv", "epochs.csv",
+                 "summary.csv", "breakdown.csv", "breakdown_rounds.csv", "breakdown.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    for number in range(1, ROUNDS + 1):  # each round a run folder of its own, with its workers' logs
+        assert len(list((out / f"round-{number}" / "logs").glob("*.log"))) == 4
     rows = read_csv(out / "bench.csv")
     assert set(DOCUMENTED) <= set(rows[0])
-    assert [(r["backend"], r["mode"], r["status"]) for r in rows] == [("numpy", "eager", "ok")]
+    assert [(r["backend"], r["mode"], r["tuning"], r["status"], r["rounds"], r["rounds_ok"]) for r in rows] == \
+        [("numpy", "eager", "stock", "ok", "2", "2"), ("numpy", "eager", "tuned", "ok", "2", "2")]
+    per_round = read_csv(out / "rounds.csv")
+    assert set(ROUND_DOCUMENTED) <= set(per_round[0])
+    assert sorted((r["tuning"], r["round"]) for r in per_round) == \
+        [(t, str(n)) for t in ("stock", "tuned") for n in range(1, ROUNDS + 1)]
     meta = json.loads((out / "meta.json").read_text())
     assert meta["threads"] == 1 and meta["device"] == "cpu" and meta["cpu"]
-    assert meta["bench"]["repeats"] == 2 and meta["bench"]["epochs_per_job"] == 3
+    bench = meta["bench"]
+    assert bench["repeats"] == 2 and bench["epochs_per_job"] == 3 and bench["rounds"] == bench["rounds_run"] == ROUNDS
+    assert bench["order_seed"] == 0 and bench["tunings"] == ["stock", "tuned"]
+    for r in per_round:  # the order each round ran in is recorded, and each row says where its job stood
+        assert bench["orders"][int(r["round"]) - 1][int(r["position"]) - 1] == f"numpy eager {r['tuning']}"
+    assert all(sorted(order) == sorted(bench["orders"][0]) and len(order) == 4 for order in bench["orders"])
     assert meta["floor"]["statistic"] == "median" and meta["blas"]
     assert meta["floor"]["environment"]["OPENBLAS_NUM_THREADS"] == "1"  # the jobs' thread count, before import
     assert "numpy" in meta["frameworks"]
     markdown = (out / "bench.md").read_text()
-    assert "| backend | mode | steady s" in markdown and "x floor" in markdown and "BLAS:" in markdown
+    assert "| backend | mode | tier | steady s" in markdown and "x floor" in markdown and "BLAS:" in markdown
+    assert "## Two tiers" in markdown and "## Rank on this machine" in markdown and "\nstock:\n" in markdown
     assert "Where the time goes (batch 256)" in markdown and ("AVX" in markdown or "ISA unknown" in markdown)
+    assert "What the tuning removed" in markdown
+    assert not re.search(r"\(-\d+%\)", markdown)  # no negative share: a part below zero is said otherwise
     assert "peak sgemm" in markdown and "full count only" in markdown
     own = meta["floor_own_kernels"]  # the floor once more without OPENBLAS_CORETYPE
     assert own["set_to"] == "Haswell" and own["environment"]["OPENBLAS_CORETYPE"] is None
     assert meta["floor"]["environment"]["OPENBLAS_CORETYPE"] == "Haswell"
-    assert own["ratio_to_floor"] == pytest.approx(own["floor_seconds"] / meta["bench"]["floor_seconds"])
+    assert own["ratio_to_floor"] == pytest.approx(own["floor_seconds"] / bench["floor_seconds"])
     assert "OPENBLAS_CORETYPE=Haswell in this environment names the floor's BLAS kernels" in markdown
     assert "numpy" in result.stdout and "floor:" in result.stdout  # the table on the console
-    timings = read_csv(out / "timings.csv")  # the harness's own timings, one row per epoch and job
-    assert [r["variant"] for r in timings] == ["d2l"] * 3 + ["noise-off"] * 3
-    summary = read_csv(out / "summary.csv")  # the noise-off twin ran, with dropout 0
-    assert [(r["variant"], r["dropout_1"], r["status"]) for r in summary] == [("d2l", "0.5", "ok"),
-                                                                            ("noise-off", "0.0", "ok")]
+    last = result.stdout.strip().splitlines()[-2:]  # the console ends with the two tiers side by side
+    assert last[0].split()[:4] == ["backend", "mode", "stock", "x"] and last[1].split()[:2] == ["numpy", "eager"]
+    timings = read_csv(out / "timings.csv")  # the harness's own timings, one row per epoch, job and round
+    assert sorted((r["round"], r["tuning"], r["variant"]) for r in timings) == sorted(
+        (str(n), t, v) for n in range(1, ROUNDS + 1) for t in ("stock", "tuned") for v in ("d2l", "noise-off")
+        for _ in range(3))
+    summary = read_csv(out / "summary.csv")  # the noise-off twins ran, with dropout 0, in every round
+    assert sorted((r["round"], r["tuning"], r["variant"], r["dropout_1"], r["status"]) for r in summary) == sorted(
+        (str(n), t, v, p, "ok") for n in range(1, ROUNDS + 1) for t in ("stock", "tuned")
+        for v, p in (("d2l", "0.5"), ("noise-off", "0.0")))
 
 
 def test_numpy_bench_numbers_are_sane(numpy_bench):
     out, _ = numpy_bench
-    (row,) = read_csv(out / "bench.csv")
-    number = {k: float(row[k]) for k in DOCUMENTED if k not in ("backend", "mode", "device", "status", "error",
-                                                                "framework_version", "gemm_library",
-                                                                "noise_draw_library")}
-    assert number["threads"] == 1 and int(row["steady_epochs"]) == 2 and int(row["n_train"]) == 3000
-    for key in ("import_seconds", "build_seconds", "first_epoch_seconds", "steady_median_seconds", "eval_seconds",
-                "samples_per_second", "peak_rss_mb", "floor_seconds", "ratio_to_floor", "harness_seconds",
-                "floor_full_seconds", "ratio_to_full_floor", "peak_gflops", "floor_efficiency", "noise_off_seconds",
-                "gemm_gflops", "noise_draw_seconds"):
-        assert number[key] > 0 and math.isfinite(number[key]), key
-    assert number["steady_iqr_seconds"] >= 0
-    assert float(row["steady_q1_seconds"]) <= number["steady_median_seconds"] <= float(row["steady_q3_seconds"])
-    assert number["ratio_to_floor"] == pytest.approx(number["steady_median_seconds"] / number["floor_seconds"],
-                                                     rel=1e-12)
-    assert number["samples_per_second"] == pytest.approx(3000 / number["steady_median_seconds"], rel=1e-12)
-    assert 0 <= number["harness_fraction"] < 1
-    assert number["floor_full_seconds"] > number["floor_seconds"]  # the full count has one GEMM more
-    assert number["ratio_to_full_floor"] == pytest.approx(number["steady_median_seconds"] / number["floor_full_seconds"])
-    assert number["noise_seconds"] == pytest.approx(number["steady_median_seconds"] - number["noise_off_seconds"])
-    assert "openblas" in row["gemm_library"].lower() or "blas" in row["gemm_library"].lower()
-    epochs = [e for e in read_csv(out / "epochs.csv") if e["variant"] == "d2l"]
-    steady = sorted(float(e["epoch_seconds"]) for e in epochs[1:])
-    assert number["steady_median_seconds"] == pytest.approx(sum(steady) / 2, rel=1e-12)
+    rows = {r["tuning"]: r for r in read_csv(out / "bench.csv")}
+    per_round = read_csv(out / "rounds.csv")
     meta = json.loads((out / "meta.json").read_text())
     floor = meta["floor"]
-    assert number["floor_seconds"] == pytest.approx(3000 / 256 * floor["step_seconds"], rel=1e-12)
+    beside = {m["when"]: m["step_seconds"] for m in floor["measurements"]}
+    assert len(beside) == 2 * ROUNDS  # one right before each job, none before a noise-off twin
+    epochs = read_csv(out / "epochs.csv")
+    for r in per_round:  # a round's row: its own epochs, against the floor measured right before it
+        number = {k: float(r[k]) for k in r if k not in TEXT and r[k] != ""}
+        mine = [float(e["epoch_seconds"]) for e in epochs if (e["round"], e["tuning"], e["variant"]) ==
+                (r["round"], r["tuning"], "d2l")]
+        twin = [float(e["epoch_seconds"]) for e in epochs if (e["round"], e["tuning"], e["variant"]) ==
+                (r["round"], r["tuning"], "noise-off")]
+        assert len(mine) == len(twin) == 3 and int(r["steady_epochs"]) == 2 and int(r["n_train"]) == 2000
+        assert number["steady_median_seconds"] == pytest.approx(sum(mine[1:]) / 2, rel=1e-12)
+        assert number["noise_off_seconds"] == pytest.approx(sum(twin[1:]) / 2, rel=1e-12)
+        assert number["noise_seconds"] == pytest.approx(number["steady_median_seconds"] - number["noise_off_seconds"])
+        assert r["floor_when"] == "before the job"
+        step = beside[f"round {r['round']}, before numpy eager {r['tuning']}"]
+        assert number["floor_seconds"] == pytest.approx(2000 / 256 * step, rel=1e-12)
+        assert number["ratio_to_floor"] == pytest.approx(number["steady_median_seconds"] / number["floor_seconds"],
+                                                         rel=1e-12)
+        assert float(r["steady_q1_seconds"]) <= number["steady_median_seconds"] <= float(r["steady_q3_seconds"])
+        other = next(o for o in per_round if o["round"] == r["round"] and o["tuning"] != r["tuning"])
+        stock, tuned = (r, other) if r["tuning"] == "stock" else (other, r)
+        assert number["gain"] == pytest.approx(float(stock["steady_median_seconds"])
+                                               / float(tuned["steady_median_seconds"]), rel=1e-12)
+    for tuning, row in rows.items():  # over the rounds: the median, and with two rounds their range as interval
+        number = {k: float(row[k]) for k in DOCUMENTED if k not in TEXT}
+        mine = [o for o in per_round if o["tuning"] == tuning]
+        for key in ("steady_median_seconds", "ratio_to_floor", "noise_seconds", "gain"):
+            values = sorted(float(o[key]) for o in mine)
+            assert (number[key], number[f"{key}_low"], number[f"{key}_high"]) == \
+                pytest.approx((sum(values) / 2, values[0], values[1]), rel=1e-12), key
+        assert number["threads"] == 1 and int(row["steady_epochs"]) == 2 and int(row["n_train"]) == 2000
+        for key in ("import_seconds", "build_seconds", "first_epoch_seconds", "steady_median_seconds",
+                    "eval_seconds", "samples_per_second", "peak_rss_mb", "floor_seconds", "ratio_to_floor",
+                    "harness_seconds", "floor_full_seconds", "ratio_to_full_floor", "peak_gflops", "floor_efficiency",
+                    "noise_off_seconds", "gemm_gflops", "noise_draw_seconds", "gain"):
+            assert number[key] > 0 and math.isfinite(number[key]), key
+        assert number["samples_per_second"] == pytest.approx(2000 / number["steady_median_seconds"], rel=1e-12)
+        assert 0 <= number["harness_fraction"] < 1
+        assert number["floor_full_seconds"] > number["floor_seconds"]  # the full count has one GEMM more
+        assert "openblas" in row["gemm_library"].lower() or "blas" in row["gemm_library"].lower()
+    assert rows["stock"]["gain"] == rows["tuned"]["gain"]  # the backend x mode's gain, on both its rows
     assert floor["step_seconds"] == pytest.approx(sum(g["median_seconds"] for g in floor["gemms"] if g["necessary"]),
                                                   rel=1e-12)
     assert floor["step_seconds_full"] == pytest.approx(sum(g["median_seconds"] for g in floor["gemms"]), rel=1e-12)
-    assert number["floor_full_seconds"] == pytest.approx(3000 / 256 * floor["step_seconds_full"], rel=1e-12)
-    assert floor["peak_gflops"] > 0 and len(floor["peak_samples"]) == 3 * bench_floor.PEAK_CALLS
-    assert number["floor_efficiency"] == pytest.approx(floor["gflops"] / floor["peak_gflops"])
-    (parts,) = read_csv(out / "breakdown.csv")
-    seconds = {k: float(parts[k]) for k in ("epoch_seconds", "floor_seconds", "noise_seconds", "rest_seconds")}
-    assert parts["fixed_measured"] == "False" and float(parts["fixed_seconds"]) == 0  # one size: no fit
-    assert seconds["epoch_seconds"] == pytest.approx(number["steady_median_seconds"], rel=1e-12)
-    assert seconds["floor_seconds"] + seconds["noise_seconds"] + seconds["rest_seconds"] == \
-        pytest.approx(seconds["epoch_seconds"], rel=1e-9)
+    assert floor["peak_gflops"] > 0 and len(floor["peak_samples"]) == 2 * ROUNDS * bench_floor.PEAK_CALLS
     assert all(g["best_seconds"] <= g["median_seconds"] for g in floor["gemms"])
-    assert [m["when"] for m in floor["measurements"]] == ["before numpy eager", "before numpy eager noise off",
-                                                          "after the last job"]
-    assert all(len(g["samples"]) == floor["rounds"] == 3 * bench_floor.FLOOR_ROUNDS for g in floor["gemms"])
+    assert all(len(g["samples"]) == floor["rounds"] == 2 * ROUNDS * bench_floor.FLOOR_ROUNDS for g in floor["gemms"])
+    parts = {p["tuning"]: p for p in read_csv(out / "breakdown.csv")}
+    assert sorted(parts) == ["stock", "tuned"]
+    for p in read_csv(out / "breakdown_rounds.csv"):  # every round's parts add up to its epoch
+        seconds = {k: float(p[k]) for k in ("epoch_seconds", "floor_seconds", "noise_seconds", "rest_seconds")}
+        assert p["fixed_measured"] == "False" and float(p["fixed_seconds"]) == 0  # one size: no fit
+        assert seconds["floor_seconds"] + seconds["noise_seconds"] + seconds["rest_seconds"] == \
+            pytest.approx(seconds["epoch_seconds"], rel=1e-9)
+    for tuning, p in parts.items():
+        assert float(p["epoch_seconds"]) == pytest.approx(float(rows[tuning]["steady_median_seconds"]), rel=1e-12)
+        assert float(p["epoch_seconds_low"]) <= float(p["epoch_seconds"]) <= float(p["epoch_seconds_high"])
+    assert parts["stock"]["removed_epoch_seconds"] == parts["tuned"]["removed_epoch_seconds"] != ""
 
 
 def test_the_floor_pools_the_rounds_of_its_measurements():
@@ -265,31 +340,56 @@ def test_unavailable_backend_and_missing_mode_give_rows_not_failures(tmp_path, m
     try:
         out = tmp_path / "run"
         code = cli.main(["bench", "--backend", "mxnet", "--backend", "numpy", "--mode", "compiled", "--repeats", "1",
-                           "--train-limit", "512", "--threads", "1", "--out", str(out)])
+                         "--rounds", "2", "--train-limit", "512", "--threads", "1", "--out", str(out)])
     finally:
         backends.framework_version.cache_clear()
     assert code == 1  # nothing could run, but the run finished and wrote its files
-    rows = {(r["backend"], r["mode"]): r for r in read_csv(out / "bench.csv")}
-    assert rows[("mxnet", "compiled")]["status"] == "unavailable"
-    assert "make mxnet-venv" in rows[("mxnet", "compiled")]["error"]  # the install command
-    assert rows[("numpy", "compiled")]["status"] == "unavailable"
-    assert "numpy has no compiled mode" in rows[("numpy", "compiled")]["error"]
-    assert float(rows[("numpy", "compiled")]["floor_seconds"]) > 0  # the floor is measured all the same
-    assert (out / "bench.md").is_file() and (out / "meta.json").is_file()
+    rows = {(r["backend"], r["mode"], r["tuning"]): r for r in read_csv(out / "bench.csv")}
+    assert sorted(rows) == [(b, "compiled", t) for b in ("mxnet", "numpy") for t in ("stock", "tuned")]
+    for tuning in ("stock", "tuned"):  # a row per tier, each saying why
+        assert rows[("mxnet", "compiled", tuning)]["status"] == "unavailable"
+        assert "make mxnet-venv" in rows[("mxnet", "compiled", tuning)]["error"]  # the install command
+        assert rows[("mxnet", "compiled", tuning)]["rounds_ok"] == "0"
+        assert rows[("numpy", "compiled", tuning)]["status"] == "unavailable"
+        assert "numpy has no compiled mode" in rows[("numpy", "compiled", tuning)]["error"]
+        assert float(rows[("numpy", "compiled", tuning)]["floor_seconds"]) > 0  # the floor is measured all the same
+    assert (out / "bench.md").is_file() and (out / "meta.json").is_file() and (out / "rounds.csv").is_file()
+
+
+def test_a_bench_whose_jobs_all_fail_still_writes_every_table(tmp_path):
+    """Every job killed (a timeout shorter than any start): every table and figure is written, each row failed with
+    its reason in every round, and no interval, gain or rank is made up."""
+    out = tmp_path / "run"
+    code = cli.main(["bench", "--backend", "numpy", "--rounds", "2", "--repeats", "1", "--train-limit", "512",
+                     "--threads", "1", "--no-noise-off", "--job-timeout", "0.01", "--out", str(out)])
+    assert code == 1
+    for name in ("bench.csv", "rounds.csv", "bench.md", "bench.png", "breakdown.csv", "breakdown_rounds.csv",
+                 "breakdown.png", "meta.json"):
+        assert (out / name).is_file(), name
+    rows = read_csv(out / "bench.csv")
+    assert [(r["tuning"], r["status"], r["rounds_ok"], r["gain"]) for r in rows] == \
+        [("stock", "failed", "0", ""), ("tuned", "failed", "0", "")]
+    assert all("timeout" in r["error"] for r in rows)
+    assert sorted((r["round"], r["status"]) for r in read_csv(out / "rounds.csv")) == \
+        [("1", "failed"), ("1", "failed"), ("2", "failed"), ("2", "failed")]
+    markdown = (out / "bench.md").read_text()
+    assert "| numpy | eager | - | - | - | not measured |" in markdown and "No job has a steady time" in markdown
 
 
 def test_gpu_on_a_backend_without_one_is_an_unavailable_row(tmp_path):
     out = tmp_path / "run"
     code = cli.main(["bench", "--backend", "numpy", "--device", "gpu", "--repeats", "1", "--train-limit", "512",
-                       "--threads", "1", "--out", str(out)])
+                     "--tuning", "tuned", "--threads", "1", "--out", str(out)])
     assert code == 1
     (row,) = read_csv(out / "bench.csv")
-    assert row["status"] == "unavailable" and row["device"] == "gpu"
+    assert row["status"] == "unavailable" and row["device"] == "gpu" and row["tuning"] == "tuned"
     assert row["error"].startswith("numpy has no gpu device"), row["error"]
 
 
 @pytest.mark.parametrize("args,words", [
     (["--repeats", "0"], ["--repeats"]),
+    (["--rounds", "0"], ["--rounds"]),
+    (["--tuning", "fast"], ["--tuning"]),
     (["--backend", "nosuch"], ["nosuch"]),
     (["--mode", "fast"], ["--mode"]),
     (["--batch-sizes", "64", "0"], ["--batch-sizes"]),
@@ -303,51 +403,60 @@ def test_bad_bench_flags_are_one_line_and_status_2(args, words):
     assert line.startswith("error: ") and all(w in line for w in words), line
 
 
-def test_a_scaling_run_writes_its_files_and_fits_every_backend_mode(tmp_path):
+def test_a_scaling_run_writes_its_files_and_fits_every_backend_mode_and_tier(tmp_path):
     out = tmp_path / "run"
-    result = subprocess.run([*HARNESS, "bench", "--backend", "numpy", "--repeats", "1", "--train-limit", "1024",
-                             "--threads", "1", "--batch-sizes", "64", "256", "512", "--hiddens", "32", "16",
-                             "--out", str(out)], capture_output=True, text=True, cwd=backends.PROJECT_ROOT, timeout=900)
+    result = subprocess.run([*HARNESS, "bench", "--backend", "numpy", "--repeats", "1", "--rounds", "2",
+                             "--train-limit", "1024", "--threads", "1", "--batch-sizes", "64", "256", "512",
+                             "--hiddens", "32", "16", "--out", str(out)], capture_output=True, text=True,
+                            cwd=backends.PROJECT_ROOT, timeout=900)
     assert result.returncode == 0, result.stderr
-    for name in ("scaling.csv", "scaling.md", "scaling.png", "breakdown.csv", "breakdown.png"):
+    for name in ("scaling.csv", "scaling.md", "scaling.png", "breakdown.csv", "breakdown_rounds.csv",
+                 "breakdown.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     for batch in (64, 256, 512):
-        assert (out / f"batch-{batch}" / "bench.csv").is_file() and (out / f"batch-{batch}" / "bench.md").is_file()
+        for name in ("bench.csv", "rounds.csv", "bench.md"):
+            assert (out / f"batch-{batch}" / name).is_file(), (batch, name)
     rows = read_csv(out / "scaling.csv")
-    assert [(r["batch_size"], r["hiddens"]) for r in rows] == [("64", "32x16"), ("256", "32x16"), ("512", "32x16")]
+    assert [(r["batch_size"], r["tuning"], r["hiddens"]) for r in rows] == \
+        [(b, t, "32x16") for b in ("64", "256", "512") for t in ("stock", "tuned")]
     for r in rows:  # the floor is measured at each size, at the chosen widths
-        assert float(r["step_seconds"]) == pytest.approx(float(r["steady_median_seconds"]) / (1024 / int(r["batch_size"])))
+        steps = 1024 / int(r["batch_size"])
+        assert float(r["step_seconds"]) == pytest.approx(float(r["steady_median_seconds"]) / steps)
         assert float(r["fit_step_seconds"]) == pytest.approx(float(r["step_seconds"]) * (1 + float(r["fit_residual"])))
         # the framework's own GEMMs of a step at this size and width: rate and seconds agree, and so does the ratio
         flops = bench_floor.epoch_flops((784, 32, 16, 10), 1024)
         assert flops / float(r["framework_gemm_seconds"]) / 1e9 == pytest.approx(float(r["framework_gemm_gflops"]))
-        assert float(r["framework_gemm_to_floor"]) == pytest.approx(float(r["framework_gemm_seconds"])
-                                                                    / float(r["floor_seconds"]))
+        assert float(r["gain"]) > 0 and r["gain_low"] != ""
     meta = json.loads((out / "batch-64" / "meta.json").read_text())
     assert meta["floor"]["sizes"] == [784, 32, 16, 10] and meta["floor"]["batch"] == 64
-    summary = read_csv(out / "batch-256" / "summary.csv")  # the noise-off twin runs at batch 256 only
-    assert [r["variant"] for r in summary] == ["d2l", "noise-off"]
-    assert [r["variant"] for r in read_csv(out / "batch-64" / "summary.csv")] == ["d2l"]
-    (parts,) = read_csv(out / "breakdown.csv")
-    assert parts["fixed_measured"] == "True" and parts["batch_size"] == "256"
-    total = sum(float(parts[k]) for k in ("floor_seconds", "noise_seconds", "fixed_seconds", "rest_seconds"))
-    assert total == pytest.approx(float(parts["epoch_seconds"]), rel=1e-9)
+    summary = read_csv(out / "batch-256" / "summary.csv")  # the noise-off twins run at batch 256 only
+    assert sorted({r["variant"] for r in summary}) == ["d2l", "noise-off"] and len(summary) == 2 * 2 * 2
+    assert {r["variant"] for r in read_csv(out / "batch-64" / "summary.csv")} == {"d2l"}
+    parts = {p["tuning"]: p for p in read_csv(out / "breakdown.csv")}
+    assert sorted(parts) == ["stock", "tuned"]
+    for p in parts.values():
+        assert p["fixed_measured"] == "True" and p["batch_size"] == "256" and p["fixed_seconds_low"] != ""
+    for p in read_csv(out / "breakdown_rounds.csv"):  # each round fitted on its own figures: its parts add up
+        total = sum(float(p[k]) for k in ("floor_seconds", "noise_seconds", "fixed_seconds", "rest_seconds"))
+        assert total == pytest.approx(float(p["epoch_seconds"]), rel=1e-9) and p["fixed_measured"] == "True"
     assert "t0 us/step" in result.stdout and "resid. B=512" in result.stdout  # the fit and its residuals, printed
-    assert "## Fixed cost per step" in (out / "scaling.md").read_text()
+    scaling_md = (out / "scaling.md").read_text()
+    assert "## Fixed cost per step" in scaling_md and "| numpy | eager | tuned |" in scaling_md
 
     from experiments import load  # the notebook's view of the same folder
 
     loaded = load(out)
     assert list(loaded.sizes) == [64, 256, 512] and loaded.report == out / "scaling.md" and loaded.ok
-    assert len(loaded.scaling) == 3 and sorted(loaded.bench["batch_size"]) == [64, 256, 512]
-    assert loaded.sizes[256].bench["batch_size"].tolist() == [256] and loaded.sizes[256].summary is not None
+    assert len(loaded.scaling) == 6 and sorted(loaded.bench["batch_size"]) == [64, 64, 256, 256, 512, 512]
+    assert loaded.sizes[256].bench["batch_size"].tolist() == [256, 256] and loaded.sizes[256].summary is not None
     assert len(loaded.sizes[64].plot().axes) == 3
     with pytest.raises(cli.UsageError, match=r"sizes\[B\]\.plot\(\)"):
         loaded.plot()
 
 
+@pytest.mark.parametrize("tuning", ["stock", "tuned"])
 @pytest.mark.parametrize("mode", ["eager", "compiled"])
-def test_every_backends_gemm_step_probe_computes_the_floors_products(mode):
+def test_every_backends_gemm_step_probe_computes_the_floors_products(mode, tuning):
     """The products the bench times through each framework are the floor's: one m x n result per necessary GEMM,
     in order (a product with its operands the wrong way round, or one left out, fails here), and the rounds the
     bench times them over compute the same products again (a loop that fed a round's results or the wrong operands
@@ -360,7 +469,8 @@ def test_every_backends_gemm_step_probe_computes_the_floors_products(mode):
         info = backends.resolve(name)
         if mode not in info.modes:
             continue
-        result = subprocess.run([info.interpreter, "-c", PROBE_SCRIPT, name, mode], capture_output=True, text=True,
+        result = subprocess.run([info.interpreter, "-c", PROBE_SCRIPT, name, mode, tuning], capture_output=True,
+                                text=True,
                                 cwd=backends.PROJECT_ROOT, timeout=300,
                                 env={**os.environ, "PYTHONPATH": str(backends.PROJECT_ROOT)})
         assert result.returncode == 0, (name, result.stderr[-2000:])
@@ -378,11 +488,11 @@ def test_every_backend_reports_its_gemm_library_and_rate(tmp_path):
         require_backend(name)
     out = tmp_path / "run"
     result = subprocess.run([*HARNESS, "bench", *[f"--backend={n}" for n in names], "--mode", "eager", "--repeats", "1",
-                             "--train-limit", "512", "--threads", "1", "--no-noise-off", "--out", str(out)],
-                            capture_output=True, text=True, cwd=backends.PROJECT_ROOT, timeout=900)
+                             "--rounds", "1", "--train-limit", "512", "--threads", "1", "--no-noise-off",
+                             "--out", str(out)], capture_output=True, text=True, cwd=backends.PROJECT_ROOT, timeout=900)
     assert result.returncode == 0, result.stderr
-    rows = {r["backend"]: r for r in read_csv(out / "bench.csv")}
-    assert sorted(rows) == sorted(names)
+    rows = {(r["backend"], r["tuning"]): r for r in read_csv(out / "bench.csv")}
+    assert sorted(rows) == sorted((n, t) for n in names for t in ("stock", "tuned"))
     for name, row in rows.items():  # what the framework says it runs, and a rate through it, from the worker
         assert row["status"] == "ok" and row["gemm_library"], (name, row["error"])
         assert float(row["gemm_gflops"]) > 0, name
@@ -393,27 +503,27 @@ def test_every_backend_reports_its_gemm_library_and_rate(tmp_path):
         assert seconds > 0 and flops / seconds / 1e9 == pytest.approx(float(row["framework_gemm_gflops"]), rel=1e-6)
         assert float(row["framework_gemm_to_floor"]) == pytest.approx(seconds / float(row["floor_seconds"]), rel=1e-6)
     meta = json.loads((out / "meta.json").read_text())
-    assert all(meta["gemm_libraries"][f"{n} eager"]["shape"] == [256, 784, 256] for n in names)
+    assert all(meta["gemm_libraries"][f"{n} eager {t}"]["shape"] == [256, 784, 256] for n, t in rows)
     assert not (out / "summary.csv").read_text().count("noise-off")  # --no-noise-off: no twins
 
 
-def test_an_interrupted_bench_still_writes_its_table_for_the_jobs_that_finished(tmp_path):
-    """SIGINT once the first job's row is on disk: the finished jobs keep their bench rows and bench.md, the rest
-    are marked interrupted, and no worker is left."""
+def test_an_interrupted_bench_still_writes_its_tables_for_the_jobs_that_finished(tmp_path):
+    """SIGINT once the first job of the first round has its row on disk: the finished jobs keep their bench rows
+    and bench.md, the rest are marked interrupted, no later round runs, and no worker is left."""
     import signal
     import time
 
     import psutil
 
     out = tmp_path / "bench"
-    process = subprocess.Popen([*HARNESS, "bench", "--backend", "numpy", "--backend", "torch", "--repeats", "1",
-                                "--train-limit", "2000", "--threads", "1", "--out", str(out)],
+    process = subprocess.Popen([*HARNESS, "bench", "--backend", "numpy", "--rounds", "3", "--repeats", "1",
+                                "--no-noise-off", "--train-limit", "2000", "--threads", "1", "--out", str(out)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                cwd=backends.PROJECT_ROOT)
     children = []
     try:
         deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and not (out / "summary.csv").exists():
+        while time.monotonic() < deadline and not (out / "round-1" / "summary.csv").exists():
             time.sleep(0.05)
         children = psutil.Process(process.pid).children(recursive=True)
         process.send_signal(signal.SIGINT)
@@ -423,9 +533,13 @@ def test_an_interrupted_bench_still_writes_its_table_for_the_jobs_that_finished(
             process.kill()
     assert process.returncode == 130, stderr[-2000:]
     assert "interrupted by SIGINT" in stderr and "Traceback" not in stderr
-    rows = {(r["backend"], r["mode"]): r for r in read_csv(out / "bench.csv")}
-    assert rows[("numpy", "eager")]["status"] == "ok" and float(rows[("numpy", "eager")]["ratio_to_floor"]) > 0
-    assert {rows[("torch", m)]["status"] for m in ("eager", "compiled")} == {"interrupted"}
-    assert "| numpy | eager |" in (out / "bench.md").read_text()
+    rows = {r["tuning"]: r for r in read_csv(out / "bench.csv")}
+    assert sorted(rows) == ["stock", "tuned"]
+    finished = [r for r in rows.values() if r["status"] == "ok"]
+    assert finished and all(float(r["ratio_to_floor"]) > 0 and r["rounds_ok"] == "1" for r in finished)
+    assert all(r["status"] == "interrupted" for r in rows.values() if r not in finished)
+    assert {r["round"] for r in read_csv(out / "rounds.csv")} == {"1"} and not (out / "round-2").exists()
+    assert json.loads((out / "meta.json").read_text())["bench"]["rounds_run"] == 1
+    assert f"| numpy | eager | {finished[0]['tuning']} |" in (out / "bench.md").read_text()
     assert "batch 256:" in stdout
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]

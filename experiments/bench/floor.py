@@ -20,10 +20,11 @@ gradient with respect to the images feeds nothing, and no framework computes it.
 Elementwise work (bias, ReLU, dropout, softmax, the SGD update) is not counted: the floor is the dense algebra
 alone, at the rate this machine's NumPy BLAS reaches on exactly these shapes. Each GEMM is timed as
 ``numpy.matmul(a, b, out=c)`` on float32 operands laid out as a framework has them (the transposed operands are
-transposed views, which BLAS reads with its transpose flag), in interleaved rounds; a shape's time is the MEDIAN
-over the rounds (the best round is recorded too), the statistic of the jobs' steady epoch time. The floor is
-measured before every job and after the last, and the rounds of all measurements are pooled (``pool_floors``), so
-that one measurement caught in a slow spell of the machine does not set the floor.
+transposed views, which BLAS reads with its transpose flag), in interleaved timing passes (``FLOOR_ROUNDS``); a
+shape's time is the MEDIAN over the passes (the best is recorded too), the statistic of the jobs' steady epoch time.
+The floor is measured right before every job, and each job's ratio is taken against its own measurement (the bench's
+rounds, ``experiments.bench.rounds``); the passes of all measurements are also pooled (``pool_floors``) into the
+run's floor.
 
 The same process times a large square float32 product (``PEAK_SIZE``) as the machine's peak GEMM rate
 (``peak_gflops``, median over the pooled calls); the floor's efficiency is its rate over that peak.
@@ -153,14 +154,13 @@ def _summarize(gemms: list[dict[str, Any]], peak_rates: Sequence[float] = ()) ->
 
 
 def pool_floors(measurements: Sequence[dict[str, Any] | None], labels: Sequence[str]) -> dict[str, Any] | None:
-    """One floor from several measurements of it (None: a measurement that failed): their rounds pooled per GEMM.
+    """One floor from several measurements of it (None: a measurement that failed): their timing passes pooled per
+    GEMM.
 
-    A measurement takes about a second, and on these shared machines one now and then lands in a slow spell (two
-    floors of one run here: 0.41 and 0.55 s/epoch, while the jobs around them kept their pace). The jobs' steady
-    times are medians over several epochs, which such a spell barely moves; the floor gets the same robustness from
-    one measurement before every job and one after the last, pooled: the median over all their rounds, which also
-    spans the whole run. Each measurement's own step time is kept (``measurements``) with ``drift``, the spread
-    between the slowest and the fastest."""
+    Each job's ratio is taken against the measurement right before it (``experiments.bench.rounds``); this pooled
+    floor, the median over every measurement's passes, spans the whole run: ``bench.md``'s floor section, the
+    fallback of a job whose own measurement failed, and the machine's drift. Each measurement's own step time is
+    kept (``measurements``) with ``drift``, the spread between the slowest and the fastest."""
     taken = [(m, label) for m, label in zip(measurements, labels) if m is not None]
     if not taken:
         return None

@@ -1,4 +1,5 @@
-"""The bench's console table, ``bench.md`` and ``bench.png``."""
+"""The bench's console tables, ``bench.md`` and ``bench.png``: every figure labelled with its tier, as the median
+over the rounds [its interval] (``experiments.bench.intervals``)."""
 from __future__ import annotations
 
 import math
@@ -6,7 +7,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from experiments.bench.floor import PEAK_SIZE, blas_line, epoch_flops, floor_seconds, step_flops
-from experiments.bench.rows import sort_rows
+from experiments.bench.intervals import Spread, fmt_spread, spread_of, tie_groups
+from experiments.bench.rows import SPREADS
 
 
 def fmt(value: Any, spec: str, empty: str = "-") -> str:
@@ -16,40 +18,103 @@ def fmt(value: Any, spec: str, empty: str = "-") -> str:
     return format(value, spec)
 
 
-TABLE = [  # header, key, format
-    ("backend", "backend", "s"), ("mode", "mode", "s"), ("steady s", "steady_median_seconds", ".3f"),
-    ("IQR s", "steady_iqr_seconds", ".3f"), ("x floor", "ratio_to_floor", ".2f"),
-    ("x full floor", "ratio_to_full_floor", ".2f"),
+TABLE = [  # header, key, format; a key in SPREADS shows its median over the rounds [its interval]
+    ("backend", "backend", "s"), ("mode", "mode", "s"), ("tier", "tuning", "s"),
+    ("steady s", "steady_median_seconds", ".3f"), ("x floor", "ratio_to_floor", ".2f"),
+    ("gain", "gain", ".2f"), ("x full floor", "ratio_to_full_floor", ".2f"),
     ("1st epoch s", "first_epoch_seconds", ".3f"), ("import s", "import_seconds", ".2f"),
     ("build s", "build_seconds", ".3f"), ("eval s", "eval_seconds", ".3f"), ("samples/s", "samples_per_second", ",.0f"),
     ("peak RSS MB", "peak_rss_mb", ".0f"), ("harness s", "harness_seconds", ".4f"),
-    ("harness %", "harness_fraction", ".1%"), ("val acc", "final_val_acc", ".4f"),
+    ("harness %", "harness_fraction", ".1%"), ("val acc", "final_val_acc", ".4f"), ("rounds", "rounds_ok", "d"),
     ("version", "framework_version", "s"),
     ("status", "status", "s"),
 ]
+TEXT = {i for i, (_, _, spec) in enumerate(TABLE) if spec == "s"}
+
+
+def _cell(row: dict[str, Any], key: str, spec: str) -> str:
+    if key in SPREADS:
+        return fmt_spread(spread_of(row, key), spec)
+    if key == "rounds_ok":
+        return f"{row.get('rounds_ok') or 0}/{row.get('rounds') or 0}"
+    return fmt(row.get(key), spec)
 
 
 def table_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """The side-by-side table's cells, in the rows' order (backend, mode, stock then tuned)."""
     cells = []
-    for row in sort_rows(rows):
-        line = [fmt(row.get(key), spec) for _, key, spec in TABLE]
-        if row.get("status") != "ok" and row.get("error"):
+    for row in rows:
+        line = [_cell(row, key, spec) for _, key, spec in TABLE]
+        if row.get("error"):
             line[-1] = f"{row['status']}: {row['error']}"
         cells.append(line)
     return cells
 
 
-def console_table(rows: list[dict[str, Any]], floor_line: str) -> str:
-    headers = [h for h, _, _ in TABLE]
-    cells = table_cells(rows)
+def _aligned(headers: list[str], cells: list[list[str]], text: set[int]) -> list[str]:
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    text_columns = {i for i, (_, _, spec) in enumerate(TABLE) if spec == "s"}
-    lines = ["  ".join(h.ljust(w) if i in text_columns else h.rjust(w)
-                       for i, (h, w) in enumerate(zip(headers, widths))).rstrip()]
-    for c in cells:
-        lines.append("  ".join(v.ljust(w) if i in text_columns else v.rjust(w)
-                               for i, (v, w) in enumerate(zip(c, widths))).rstrip())
-    return "\n".join([*lines, "", floor_line])
+    return ["  ".join(v.ljust(w) if i in text else v.rjust(w) for i, (v, w) in enumerate(zip(line, widths))).rstrip()
+            for line in [headers, *cells]]
+
+
+def console_table(rows: list[dict[str, Any]], floor_line: str) -> str:
+    return "\n".join([*_aligned([h for h, _, _ in TABLE], table_cells(rows), TEXT), "", floor_line])
+
+
+def _pairs(rows: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
+    """(backend, mode, stock row, tuned row) in the rows' order; a tier not run gives an empty row."""
+    by = {(r["backend"], r["mode"], r.get("tuning")): r for r in rows}
+    keys = dict.fromkeys((r["backend"], r["mode"]) for r in rows)
+    return [(b, m, by.get((b, m, "stock"), {}), by.get((b, m, "tuned"), {})) for b, m in keys]
+
+
+def gain_verdict(gain: Spread | None) -> str:
+    """Whether the tuned tier is faster than the stock one beyond the spread of the rounds."""
+    if gain is None:
+        return "not measured"
+    if not gain.has_interval:
+        return "one round: no interval"
+    if gain.low > 1:
+        return "tuned faster"
+    if gain.high < 1:
+        return "stock faster"
+    return "tied on this machine"
+
+
+def two_tier_table(rows: list[dict[str, Any]], *, markdown: bool = False) -> list[str]:
+    """The two tiers side by side: backend, mode, stock x floor, tuned x floor and the gain, each as its median over
+    the rounds [its interval]."""
+    headers = ["backend", "mode", "stock x floor", "tuned x floor", "gain (stock / tuned)", "verdict"]
+    cells = []
+    for backend, mode, stock, tuned in _pairs(rows):
+        gain = spread_of(stock, "gain") or spread_of(tuned, "gain")
+        cells.append([backend, mode, fmt_spread(spread_of(stock, "ratio_to_floor")),
+                      fmt_spread(spread_of(tuned, "ratio_to_floor")), fmt_spread(gain), gain_verdict(gain)])
+    if markdown:
+        return ["| " + " | ".join(headers) + " |", "| --- | --- | ---: | ---: | ---: | --- |",
+                *("| " + " | ".join(c) + " |" for c in cells)]
+    return _aligned(headers, cells, {0, 1, 5})
+
+
+def rank_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Per tier, the backend x modes by their ratio to the floor, ordered only where the intervals do not overlap."""
+    lines = []
+    for tier in dict.fromkeys(r.get("tuning") for r in rows):
+        items = [(f"{r['backend']} {r['mode']}", spread_of(r, "ratio_to_floor")) for r in rows
+                 if r.get("tuning") == tier and r.get("status") == "ok"]
+        if not items:
+            continue
+        groups, unranked = tie_groups(items)
+        spreads = dict(items)
+        lines += [f"{tier}:", ""]
+        for place, group in enumerate(groups, start=1):
+            named = "; ".join(f"{key} {fmt_spread(spreads[key])}" for key in group)
+            lines.append(f"{place}. {'tied on this machine: ' if len(group) > 1 else ''}{named}")
+        if unranked:
+            lines.append("- not ranked (one round: no interval): "
+                         + "; ".join(f"{key} {fmt_spread(spreads[key])}" for key in unranked))
+        lines.append("")
+    return lines
 
 
 def machine_line(meta: dict[str, Any], floor: dict[str, Any] | None) -> str:
@@ -83,31 +148,48 @@ def floor_summary(floor: dict[str, Any] | None, n_train: int, batch: int, sizes:
         return "floor: not measured"
     steps = n_train / batch
     each = [m["step_seconds"] * steps for m in floor.get("measurements", ())]
-    spread = (f"; pooled from {len(each)} measurements between the jobs, {min(each):.3f} to {max(each):.3f} s"
-              if len(each) > 1 else "")
+    spread = (f"; pooled from {len(each)} measurements, one right before each job, {min(each):.3f} to "
+              f"{max(each):.3f} s" if len(each) > 1 else "")
     peak = (f"; peak sgemm {floor['peak_gflops']:.0f} GFLOP/s ({PEAK_SIZE}^2), the floor at {floor['efficiency']:.0%}"
             " of it" if floor.get("peak_gflops") else "")
     return (f"necessary floor: {floor_seconds(floor, n_train, batch):.3f} s/epoch = {steps:.2f} steps x "
             f"{floor['step_seconds'] * 1e3:.3f} ms of GEMMs per step ({floor['gflops']:.0f} GFLOP/s on the model's "
-            f"shapes, median of {floor['rounds']} rounds; {epoch_flops(sizes, n_train) / 1e9:.1f} GFLOP per epoch); "
+            f"shapes, median of {floor['rounds']} timing passes; {epoch_flops(sizes, n_train) / 1e9:.1f} GFLOP per "
+            "epoch); "
             f"full 9-GEMM count: {floor_seconds(floor, n_train, batch, full=True):.3f} s/epoch" + peak + spread)
 
 
 def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any], floor: dict[str, Any] | None,
                    sizes: Sequence[int], n_train: int, batch: int, breakdown: Sequence[str] = ()) -> None:
     bench = meta.get("bench", {})
+    rounds = bench.get("rounds_run", bench.get("rounds"))
     lines = [f"# dropbench: benchmark ({'-'.join(map(str, sizes))} MLP, batch {batch}, {n_train:,} training examples, "
-             f"{bench.get('repeats')} steady epochs after 1 warm-up epoch per job)", "",
-             f"Machine: {machine_line(meta, floor)}", "",
-             f"Command: `{meta.get('command')}`; started {meta.get('started')}", "", "## Side by side", "",
-             "Sorted by steady epoch time (median over the steady epochs; IQR = 75th - 25th percentile). "
-             "`x floor` = steady / the necessary floor; `x full floor` = steady / the old 9-GEMM count. `harness` = the harness's own work per steady epoch (batch order, "
-             "`EpochBatches` and its gathers, divergence check, the epoch's row), measured in the worker; "
-             "`harness %` is its share of the epoch's wall time.", ""]
+             f"{rounds} round{'s' if rounds != 1 else ''} of 1 warm-up + {bench.get('repeats')} steady epochs per "
+             f"job)", "", f"Machine: {machine_line(meta, floor)}", "",
+             f"Command: `{meta.get('command')}`; started {meta.get('started')}", "",
+             f"Every backend x mode x tier ran once a round, in a fresh worker process, in an order shuffled per "
+             f"round (seed {bench.get('order_seed')}; the orders are in `meta.json`), with the floor measured right "
+             "before it. A figure is the median over the rounds of that round's figure, and [low, high] the 95 % "
+             "bootstrap interval of that median (the range of the rounds with five rounds or fewer); "
+             "`docs/bench.md` explains the method.", "",
+             "## Two tiers", "",
+             "`x floor`: a round's steady epoch / the floor measured right before that job; `gain`: stock steady / "
+             "tuned steady of the same backend x mode in the same round (above 1: the tuned tier is faster). "
+             "The verdict names a faster tier only where the gain's interval excludes 1.", "",
+             *two_tier_table(rows, markdown=True), "",
+             "## Rank on this machine (x floor)", "",
+             "Per tier, the backend x modes in order of their ratio to the floor, where the intervals allow it: "
+             "those whose intervals overlap (directly or through another) share a place, tied on this machine.", "",
+             *rank_lines(rows),
+             "## Side by side", "",
+             "Per backend x mode, stock then tuned. `steady s`: the median of a round's steady epochs; `x full "
+             "floor` = steady / the old 9-GEMM count. `harness` = the harness's own work per steady epoch (batch "
+             "order, `EpochBatches` and its gathers, divergence check, the epoch's row), measured in the worker; "
+             "`harness %` is its share of the epoch's wall time. `rounds`: the rounds that finished, of those "
+             "planned. Every round's own row is in `rounds.csv`.", ""]
     headers = [h for h, _, _ in TABLE]
     lines.append("| " + " | ".join(headers) + " |")
-    text_columns = {i for i, (_, _, spec) in enumerate(TABLE) if spec == "s"}
-    lines.append("| " + " | ".join("---" if i in text_columns else "---:" for i in range(len(headers))) + " |")
+    lines.append("| " + " | ".join("---" if i in TEXT else "---:" for i in range(len(headers))) + " |")
     for cells in table_cells(rows):
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines += ["", "## Floor", ""]
@@ -139,43 +221,51 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any],
         lines += ["", f"One step: {floor['step_seconds'] * 1e3:.3f} ms median ({floor['gflops']:.0f} GFLOP/s), "
                       f"{floor['step_seconds_best'] * 1e3:.3f} ms best ({floor['gflops_best']:.0f} GFLOP/s), over "
                       f"every measurement; all nine: {floor['step_seconds_full'] * 1e3:.3f} ms.{peak} "
-                      "Each measurement (one before each job, one after the last):", "",
+                      "Each measurement (one right before each job; a job's ratio is taken against its own):", "",
                   "| when | floor s/epoch |", "| --- | ---: |"]
         lines += [f"| {m['when']} | {m['step_seconds'] * n_train / batch:.3f} |" for m in floor["measurements"]]
     else:
         lines.append(f"Not measured: {meta.get('floor_error', 'unknown error')}")
     lines += ["", *breakdown]
-    lines += ["", "Files: `bench.csv` (every column), `bench.png`, `breakdown.csv`, `breakdown.png`, `meta.json`, `timings.csv` (the harness's "
-              "per-epoch timings), `epochs.csv`, `summary.csv`, `logs/`.", ""]
+    lines += ["", "Files: `bench.csv` (a row per backend x mode x tier: the medians and intervals), `rounds.csv` (a "
+              "row per backend x mode x tier x round), `bench.png`, `breakdown.csv`, `breakdown_rounds.csv`, "
+              "`breakdown.png`, `meta.json`, `timings.csv` (the harness's per-epoch timings), `epochs.csv`, "
+              "`summary.csv` (every round's, with a `round` column), `round-<r>/` (each round's run folder and "
+              "its workers' `logs/`).", ""]
     path.write_text("\n".join(lines))
 
 
 def write_chart(path: Path, rows: list[dict[str, Any]], floor: float | None, title: str) -> None:
+    """Steady epoch seconds per backend x mode x tier (the median over the rounds, whiskers: its interval), the
+    pooled floor as a line, each bar labelled with its ratio to the floor."""
     from experiments import plots
 
-    timed = [r for r in sort_rows(rows) if r.get("steady_median_seconds") is not None]
+    timed = [r for r in rows if r.get("steady_median_seconds") is not None]
     fig, ax = plots.subplots(figsize=(8, 1.2 + 0.45 * max(1, len(timed))))
-    labels = [f"{r['backend']} {r['mode']}" for r in timed]
-    medians = [r["steady_median_seconds"] for r in timed]
-    low = [r["steady_median_seconds"] - r["steady_q1_seconds"] for r in timed]
-    high = [r["steady_q3_seconds"] - r["steady_median_seconds"] for r in timed]
+    spreads = [spread_of(r, "steady_median_seconds") for r in timed]
+    medians = [s.median for s in spreads]
+    low = [s.median - s.low if s.has_interval else 0.0 for s in spreads]
+    high = [s.high - s.median if s.has_interval else 0.0 for s in spreads]
     positions = list(range(len(timed)))
-    ax.barh(positions, medians, height=0.6, xerr=[low, high], color="#4c72b0", capsize=3)
-    for y, r in zip(positions, timed):
-        if r.get("ratio_to_floor"):
-            ax.text(r["steady_q3_seconds"], y, f"  {r['ratio_to_floor']:.2f}x floor", va="center", fontsize=8)
-    right = max([r["steady_q3_seconds"] for r in timed] + [floor or 0.0, 1e-3])
-    ax.set_xlim(0, right * 1.25)
+    colors = ["#dd8452" if r.get("tuning") == "stock" else "#4c72b0" for r in timed]
+    ax.barh(positions, medians, height=0.6, xerr=[low, high], color=colors, capsize=3)
+    for y, r, s in zip(positions, timed, spreads):
+        ratio = spread_of(r, "ratio_to_floor")
+        if ratio:
+            ax.text(s.high if s.has_interval else s.median, y, f"  {fmt_spread(ratio)}x floor", va="center",
+                    fontsize=7)
+    right = max([s.high if s.has_interval else s.median for s in spreads] + [floor or 0.0, 1e-3])
+    ax.set_xlim(0, right * 1.45)
     if floor:
         ax.axvline(floor, color="#c44e52", linestyle="--")
         ax.text(floor, 1.01, f"floor {floor:.3f} s", transform=ax.get_xaxis_transform(), color="#c44e52",
                 fontsize=8, ha="center", va="bottom")
     ax.set_yticks(positions)
-    ax.set_yticklabels(labels)
+    ax.set_yticklabels([f"{r['backend']} {r['mode']} {r.get('tuning')}" for r in timed])
     ax.invert_yaxis()
-    ax.set_xlabel("steady epoch seconds (median, whiskers: interquartile range)")
+    ax.set_xlabel("steady epoch seconds (median over the rounds; whiskers: the bootstrap interval of the median)")
     ax.set_title(title, fontsize=9, pad=14)
     if not timed:
         ax.text(0.5, 0.5, "no job finished", transform=ax.transAxes, ha="center")
     fig.tight_layout()
-    fig.savefig(path, dpi=plots.DPI)
+    fig.savefig(path, dpi=plots.DPI, bbox_inches="tight")

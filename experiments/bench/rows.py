@@ -1,24 +1,49 @@
-"""A bench row per backend x mode, from the job's summary, its epochs and the worker's timings of its own work."""
+"""The bench's rows: one per backend x mode x tier x round (``rounds.csv``), from the job's summary, its epochs and
+the worker's timings of its own work, against the floor measured right before the job; and one per backend x mode x
+tier over the rounds (``bench.csv``): the median over the rounds with its bootstrap interval
+(``experiments.bench.intervals``), and the tuning gain (stock / tuned steady epoch, taken within each round)."""
 from __future__ import annotations
 
 import statistics
-from typing import Any
+from typing import Any, Sequence
 
+from experiments.bench.intervals import median_interval, spread_columns
 from experiments.stats import steady_epochs
 
-COLUMNS = ["backend", "mode", "device", "status", "error", "framework_version", "threads", "import_seconds",
-           "data_seconds", "build_seconds", "first_epoch_seconds", "steady_median_seconds", "steady_iqr_seconds",
-           "steady_q1_seconds", "steady_q3_seconds", "steady_epochs", "samples_per_second", "eval_seconds",
-           "peak_rss_mb", "harness_seconds", "harness_fraction", "order_seconds", "gather_seconds",
-           "floor_seconds", "ratio_to_floor", "floor_full_seconds", "ratio_to_full_floor", "peak_gflops",
-           "floor_efficiency", "noise_off_seconds", "noise_seconds", "noise_draw_library", "noise_draw_seconds",
-           "gemm_library", "gemm_gflops", "framework_gemm_seconds", "framework_gemm_gflops",
-           "framework_gemm_to_floor", "final_val_acc",
-           "n_train", "batch_size", "hiddens"]
+KEYS = ["backend", "mode", "tuning"]
+ROUND_COLUMNS = KEYS + [
+    "round", "position", "device", "status", "error", "framework_version", "threads", "import_seconds",
+    "data_seconds", "build_seconds", "first_epoch_seconds", "steady_median_seconds", "steady_iqr_seconds",
+    "steady_q1_seconds", "steady_q3_seconds", "steady_epochs", "samples_per_second", "eval_seconds", "peak_rss_mb",
+    "harness_seconds", "harness_fraction", "order_seconds", "gather_seconds", "floor_when", "floor_seconds",
+    "ratio_to_floor", "floor_full_seconds", "ratio_to_full_floor", "peak_gflops", "floor_efficiency",
+    "noise_off_seconds", "noise_seconds", "gain", "noise_draw_library", "noise_draw_seconds", "gemm_library",
+    "gemm_gflops", "framework_gemm_seconds", "framework_gemm_gflops", "framework_gemm_to_floor", "final_val_acc",
+    "n_train", "batch_size", "hiddens"]
+SPREADS = ("steady_median_seconds", "ratio_to_floor", "noise_seconds", "gain")  # each with _low and _high
+COLUMNS = KEYS + [
+    "device", "status", "error", "framework_version", "threads", "rounds", "rounds_ok", "import_seconds",
+    "data_seconds", "build_seconds", "first_epoch_seconds", "steady_median_seconds", "steady_median_seconds_low",
+    "steady_median_seconds_high", "steady_epochs", "samples_per_second", "eval_seconds", "peak_rss_mb",
+    "harness_seconds", "harness_fraction", "order_seconds", "gather_seconds", "floor_seconds", "ratio_to_floor",
+    "ratio_to_floor_low", "ratio_to_floor_high", "floor_full_seconds", "ratio_to_full_floor", "peak_gflops",
+    "floor_efficiency", "noise_off_seconds", "noise_seconds", "noise_seconds_low", "noise_seconds_high", "gain",
+    "gain_low", "gain_high", "noise_draw_library", "noise_draw_seconds", "gemm_library", "gemm_gflops",
+    "framework_gemm_seconds", "framework_gemm_gflops", "framework_gemm_to_floor", "final_val_acc", "n_train",
+    "batch_size", "hiddens"]
+# Taken as the median over the rounds that finished (their own spread is not reported: only the SPREADS' is).
+MEDIANS = ("import_seconds", "data_seconds", "build_seconds", "first_epoch_seconds", "eval_seconds", "peak_rss_mb",
+           "harness_seconds", "harness_fraction", "order_seconds", "gather_seconds", "floor_seconds",
+           "floor_full_seconds", "ratio_to_full_floor", "peak_gflops", "floor_efficiency", "noise_off_seconds",
+           "noise_draw_seconds", "gemm_gflops", "framework_gemm_seconds", "framework_gemm_gflops",
+           "framework_gemm_to_floor", "final_val_acc")
+FIRST = ("device", "framework_version", "threads", "steady_epochs", "noise_draw_library", "gemm_library", "n_train",
+         "batch_size", "hiddens")  # the same in every round
 
 
 class EventLog:
-    """Collects each job's events from the runner (its ``on_event`` hook), keyed by (backend, mode, variant)."""
+    """Collects each job's events from the runner (its ``on_event`` hook), keyed by (backend, mode, tuning,
+    variant)."""
 
     def __init__(self) -> None:
         self.epochs: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
@@ -26,7 +51,7 @@ class EventLog:
         self.starts: dict[tuple[str, str, str], dict[str, Any]] = {}
 
     def __call__(self, job, event: dict[str, Any], process) -> None:
-        key = (job.backend, job.train.mode, job.variant)
+        key = (job.backend, job.train.mode, job.train.tuning, job.variant)
         if event.get("event") == "start":
             self.starts[key] = event
         elif event.get("event") == "epoch":
@@ -47,10 +72,11 @@ def harness_parts(epoch: dict[str, Any], timing: dict[str, Any]) -> tuple[float,
     return around + inside, epoch["epoch_seconds"] + around
 
 
-def bench_row(*, backend: str, mode: str, device: str, threads: int, summary: dict[str, Any] | None,
+def bench_row(*, backend: str, mode: str, tuning: str, device: str, threads: int, summary: dict[str, Any] | None,
               epochs: list[dict[str, Any]], timings: list[dict[str, Any]], floor: float | None,
               batch: int, start: dict[str, Any] | None = None) -> dict[str, Any]:
-    row: dict[str, Any] = {"backend": backend, "mode": mode, "device": device, "threads": threads,
+    """One job of one round; ``floor``: the floor's seconds per epoch measured right before it."""
+    row: dict[str, Any] = {"backend": backend, "mode": mode, "tuning": tuning, "device": device, "threads": threads,
                            "batch_size": batch, "floor_seconds": floor}
     gemm = (start or {}).get("gemm") or {}
     row.update(gemm_library=gemm.get("library"), gemm_gflops=gemm.get("gflops"))
@@ -95,13 +121,60 @@ def bench_row(*, backend: str, mode: str, device: str, threads: int, summary: di
     return row
 
 
-def unavailable_row(backend: str, mode: str, device: str, threads: int, reason: str, batch: int,
+def unavailable_row(backend: str, mode: str, tuning: str, device: str, threads: int, reason: str, batch: int,
                     floor: float | None) -> dict[str, Any]:
-    return {"backend": backend, "mode": mode, "device": device, "threads": threads, "status": "unavailable",
-            "error": reason, "framework_version": None, "batch_size": batch, "floor_seconds": floor}
+    return {"backend": backend, "mode": mode, "tuning": tuning, "device": device, "threads": threads,
+            "status": "unavailable", "error": reason, "framework_version": None, "batch_size": batch,
+            "floor_seconds": floor}
 
 
-def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Timed rows by steady epoch time, then the rest (failed, unavailable) in their order."""
-    timed = [r for r in rows if r.get("steady_median_seconds") is not None]
-    return sorted(timed, key=lambda r: r["steady_median_seconds"]) + [r for r in rows if r not in timed]
+def add_gains(rows: Sequence[dict[str, Any]]) -> None:
+    """Each round's gain, stock steady / tuned steady of the same backend x mode in that round, on both its rows."""
+    by_key = {(r["backend"], r["mode"], r["tuning"], r["round"]): r for r in rows}
+    for (backend, mode, tuning, round_), stock in by_key.items():
+        tuned = by_key.get((backend, mode, "tuned", round_))
+        if tuning != "stock" or tuned is None:
+            continue
+        if stock.get("steady_median_seconds") and tuned.get("steady_median_seconds"):
+            stock["gain"] = tuned["gain"] = stock["steady_median_seconds"] / tuned["steady_median_seconds"]
+
+
+def _first(values):
+    return next((v for v in values if v not in (None, "")), None)
+
+
+def aggregate(rounds: Sequence[dict[str, Any]], planned: int) -> dict[str, Any]:
+    """One backend x mode x tier over its rounds (``rounds``: its rows, one a round, in round order): the median of
+    each round's figures, the bootstrap interval of the median for the SPREADS, and its status: ``ok`` where a
+    round finished (``error`` names the rounds that did not), else the first round's status and error."""
+    first = rounds[0]
+    done = [r for r in rounds if r.get("status") == "ok" and r.get("steady_median_seconds") is not None]
+    row: dict[str, Any] = {k: first.get(k) for k in KEYS}
+    row.update({k: _first(r.get(k) for r in rounds) for k in FIRST})
+    row.update(rounds=planned, rounds_ok=len(done))
+    if not done:
+        return {**row, "status": first.get("status") or "failed", "error": first.get("error") or "",
+                "floor_seconds": _first(r.get("floor_seconds") for r in rounds)}
+    missed = [f"round {r['round']} {r.get('status')}: {r.get('error')}" for r in rounds if r not in done]
+    row.update(status="ok", error="; ".join(missed))
+    for key in MEDIANS:
+        values = [r[key] for r in done if r.get(key) is not None]
+        row[key] = statistics.median(values) if values else None
+    for key in SPREADS:
+        row.update(spread_columns(key, median_interval(r.get(key) for r in done)))
+    median = row["steady_median_seconds"]
+    row["samples_per_second"] = row["n_train"] / median if median and row.get("n_train") else None
+    gemm = next((r for r in done if r.get("framework_gemm_seconds") and r.get("framework_gemm_gflops")), None)
+    if gemm is not None:  # the same products every round: their rate at the median time, not a median of rates
+        row["framework_gemm_gflops"] = (gemm["framework_gemm_gflops"] * gemm["framework_gemm_seconds"]
+                                        / row["framework_gemm_seconds"])
+    return row
+
+
+def aggregate_all(rows: Sequence[dict[str, Any]], planned: int) -> list[dict[str, Any]]:
+    """``aggregate`` for every backend x mode x tier, in the order they first appear."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in KEYS), []).append(row)
+    return [aggregate(sorted(group, key=lambda r: r.get("round") or 0), planned) for group in groups.values()]
+
