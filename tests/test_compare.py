@@ -55,7 +55,8 @@ def write_run(folder, *, seconds=None, accuracy=None, bench=False, threads=2, se
             "command": "harness.py", "started": "2026-12-01T10:00:00+0000"}
     if bench:
         steady = {(r["backend"], r["seed"]): r["median_epoch_seconds"] for r in summary}
-        rows = [{"backend": b, "mode": "eager", "device": "cpu", "status": "ok", "threads": threads,
+        rows = [{"backend": b, "mode": "eager", "tuning": tuning or "tuned", "device": "cpu", "status": "ok",
+                 "threads": threads,
                  "steady_median_seconds": steady[(b, 0)], "floor_seconds": 0.25,
                  "ratio_to_floor": steady[(b, 0)] / 0.25} for b in BACKENDS]
         pd.DataFrame(rows, columns=BENCH_COLUMNS).to_csv(folder / "bench.csv", index=False)
