@@ -88,5 +88,4 @@ def test_the_samples_script_is_there_and_parses():
 def test_the_headline_points_at_the_samples():
     section = README.read_text().split("## Headline result", 1)[1].split("\n## ", 1)[0]
     assert "docs/samples/" in section and "scripts/make-samples.sh" in section
-    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
-    assert [row.split("|")[1].strip() for row in rows[1:]] == list(backends.REGISTRY)
+    assert "What a correct run reaches:** about 0.85" in section
