@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 
+import psutil
+
 from experiments.parity.checks import close
 
 
@@ -16,3 +18,13 @@ def assert_close(actual, expected, what: str, rtol: float = 1e-5) -> None:
 def read_csv(path) -> list[dict[str, str]]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def workers_of(out) -> list[psutil.Process]:
+    """Worker processes of the run in ``out`` (their command line names the run folder)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if "experiments.worker" in cmdline and any(arg.startswith(str(out)) for arg in cmdline):
+            found.append(process)
+    return found

@@ -13,14 +13,13 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 import backends
 from experiments import catalog, cli, lock
 from experiments.plan import Variant
 from experiments.runner import RunOptions, exit_status, run_experiment
-from tests.helpers import read_csv
+from tests.helpers import read_csv, workers_of
 from tests.test_cli import HARNESS, assert_user_error, harness
 
 
@@ -53,16 +52,6 @@ def stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.kill()
     process.communicate()
-
-
-def workers_of(out: Path) -> list[psutil.Process]:
-    """Worker processes of the run in ``out`` (their command line names the run folder)."""
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = process.info["cmdline"] or []
-        if "experiments.worker" in cmdline and any(arg.startswith(str(out)) for arg in cmdline):
-            found.append(process)
-    return found
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

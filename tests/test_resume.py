@@ -5,11 +5,11 @@ import signal
 import subprocess
 import time
 
-import psutil
 import pytest
 
 import backends
 from backends.contract.spec import TrainSpec
+from tests.helpers import workers_of
 from experiments.plan import Experiment, Variant
 from experiments.runner import RunOptions, run_experiment
 from tests.helpers import read_csv
@@ -27,16 +27,6 @@ def torch_installed():
     from tests.conftest import require_backend
 
     require_backend("torch")
-
-
-def workers_of(out):
-    """Worker processes of the run in ``out`` (their command line names the run folder)."""
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = process.info["cmdline"] or []
-        if "experiments.worker" in cmdline and any(arg.startswith(str(out)) for arg in cmdline):
-            found.append(process)
-    return found
 
 
 def wait_until_gone(out, seconds=8.0):
