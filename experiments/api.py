@@ -27,12 +27,14 @@ import pandas as pd
 
 from backends import registry
 from backends.contract.spec import MODES, TUNINGS, ModelSpec, TrainSpec
-from experiments import catalog, data, lock, report, resume
-from experiments.executors import check_ray_address
+from experiments import catalog, data
+from experiments.running import lock, resume
+from experiments.report import writer as report
+from experiments.running.executors import check_ray_address
 from experiments.options import UsageError, check_train_limit, modes_of, tunings_of, validate_run_options
-from experiments.results import Run
-from experiments.runner import RunInterrupted, RunOptions, run_experiment
-from experiments.sections import learning_curves_figure
+from experiments.report.results import Run
+from experiments.running.runner import RunInterrupted, RunOptions, run_experiment
+from experiments.report.sections import learning_curves_figure
 
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelSpec) if f.name not in ("num_inputs", "num_outputs"))
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSpec) if f.name not in ("seed", "mode", "tuning"))
@@ -189,14 +191,15 @@ def run(experiment: str = "d2l", *, backends: str | Iterable[str] | None = None,
 
     ``backends``: names or ``"all"`` (default: every installed backend); ``modes``: ``"eager"``, ``"compiled"``,
     a list of them, or ``"all"`` (each backend's own modes); ``tuning``: ``"stock"`` (each framework as its own
-    tutorial writes it), ``"tuned"`` (this project's same-law speed paths), or ``"all"`` (both); ``seeds``: the experiment's default when None;
+    tutorial writes it), ``"tuned"`` (this project's same-law speed paths), or ``"all"`` (both);
+    ``seeds``: the experiment's default when None;
     ``out``: the run folder (``results/<experiment>-<timestamp>``); ``threads``: per framework (all cores).
     ``overrides``: the model's and the trainer's fields (``epochs=2, train_limit=3000, lr=0.05,
-    dropouts=(0.2, 0.5), impl="scratch"``, ...) and any further field of ``experiments.runner.RunOptions``
+    dropouts=(0.2, 0.5), impl="scratch"``, ...) and any further field of ``experiments.running.runner.RunOptions``
     by name (``resume=True``, ``force``, ``jobs=2``, ``executor="ray"``, ``ray_address``). ``dry_run``: print the
     job matrix (and with ``resume`` what would be reused), run nothing and return None. ``argv``: the command line
     to record (the CLI's); by default this call. A SIGINT or SIGTERM stops the workers, writes the report for what
-    finished and raises ``experiments.runner.RunInterrupted``."""
+    finished and raises ``experiments.running.runner.RunInterrupted``."""
     model, train, extra = split_overrides(overrides)
     threads = (os.cpu_count() or 1) if threads is None else threads
     checked = {"jobs": 1, "executor": "local", "ray_address": None, "resume": False, "force": False, **extra}

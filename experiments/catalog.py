@@ -10,7 +10,7 @@ from typing import Any, Mapping
 from backends.contract.spec import ModelSpec, TrainSpec
 from experiments import exercises
 from experiments.entry import Entry
-from experiments.plan import Experiment
+from experiments.running.plan import Experiment
 
 
 class CatalogError(ValueError):

@@ -12,8 +12,9 @@ the logarithm), whose noise estimate is the two runs' epoch-to-epoch spread, poo
 share one spread, and pooling gives the estimate all 2E - 4 degrees of freedom, so that the test is exact for
 log-normal times under the question it answers. With 3 epochs a side it tells a 1.5x slowdown from a spread of
 several per cent. Holm's adjustment over the jobs of the comparison keeps the chance that two runs of one
-configuration get any job called slower or faster below 5 %. What it cannot see is a change of the machine's state between the two runs (another load, another clock): that is
-a real difference of the two runs' conditions, and a gate tolerates it with its percentage (``--fail-above``).
+configuration get any job called slower or faster below 5 %. What it cannot see is a change of the machine's state
+between the two runs (another load, another clock): that is a real difference of the two runs' conditions, and a
+gate tolerates it with its percentage (``--fail-above``).
 
 "cannot judge": a side with fewer than two steady epochs, or with no spread at all while the times differ (no noise
 to weigh the difference against); and, under a gate of PCT %, a job more than PCT % slower whose difference is not
@@ -29,11 +30,11 @@ from typing import Any
 import pandas as pd
 
 from experiments.options import UsageError
-from experiments.results import dropout_columns, setting_value
-from experiments.rundir import (
+from experiments.report.results import dropout_columns, setting_value
+from experiments.running.rundir import (
     KEY_COLUMNS, LATER_COLUMNS, REQUIRED_COLUMNS, SETTING_COLUMNS, DamagedFolder, check_table,
 )
-from experiments.stats import Stat, describe, holm, paired, steady_epochs, log_ratio_test
+from experiments.report.stats import Stat, describe, holm, paired, steady_epochs, log_ratio_test
 
 ALPHA = 0.05  # significance level of the time test (Holm-adjusted over the jobs of a comparison)
 # A job of A is matched with the job of B that has the same values of these.

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from experiments.plan import Variant
+from experiments.running.plan import Variant
 
 SEEDS = (0, 1, 2)  # the comparisons' default; --seeds overrides
 
@@ -18,7 +18,7 @@ class Entry:
     seeds: tuple[int, ...] = (0,)
     model: Mapping[str, Any] = field(default_factory=dict)  # defaults this experiment changes from D2L's
     train: Mapping[str, Any] = field(default_factory=dict)
-    probes: tuple[str, ...] = ()  # names in experiments.probes.PROBES
+    probes: tuple[str, ...] = ()  # names in experiments.exercises.probes.PROBES
     analysis: Callable[..., list[str]] | None = None  # Run -> the report's sections (and its plots)
 
 

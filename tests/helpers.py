@@ -25,6 +25,6 @@ def workers_of(out) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter(["cmdline"]):
         cmdline = process.info["cmdline"] or []
-        if "experiments.worker" in cmdline and any(arg.startswith(str(out)) for arg in cmdline):
+        if "experiments.running.worker" in cmdline and any(arg.startswith(str(out)) for arg in cmdline):
             found.append(process)
     return found

@@ -14,8 +14,8 @@ import backends
 from experiments import api, load, run
 from experiments.cli import USER_ERRORS
 from experiments.options import UsageError
-from experiments.plan import Job
-from experiments.progress import Progress
+from experiments.running.plan import Job
+from experiments.running.progress import Progress
 from backends.contract.spec import ModelSpec, TrainSpec
 from tests.conftest import require_backend
 

@@ -15,7 +15,8 @@ import sys
 import pytest
 
 import backends
-from experiments import cli, stats
+from experiments import cli
+from experiments.report import stats
 from experiments.bench import breakdown as bench_breakdown
 from experiments.bench import floor as bench_floor
 from experiments.bench import scaling as bench_scaling

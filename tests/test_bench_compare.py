@@ -9,7 +9,7 @@ import pandas as pd
 
 from experiments import cli
 from experiments.bench.rows import COLUMNS as BENCH_COLUMNS
-from experiments.rundir import EPOCH_COLUMNS, SUMMARY_COLUMNS
+from experiments.running.rundir import EPOCH_COLUMNS, SUMMARY_COLUMNS
 from tests.helpers import read_csv
 
 TIERS = ("stock", "tuned")

@@ -8,7 +8,7 @@ import pytest
 
 from backends.contract.spec import ModelSpec, TrainSpec
 from experiments.bench import breakdown, intervals, output, rounds, rows as bench_rows
-from experiments.plan import Job
+from experiments.running.plan import Job
 
 
 def test_the_interval_of_the_median_is_the_range_for_few_rounds_and_narrows_with_more():

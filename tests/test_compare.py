@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from experiments import cli
-from experiments.rundir import EPOCH_COLUMNS, SUMMARY_COLUMNS
+from experiments.running.rundir import EPOCH_COLUMNS, SUMMARY_COLUMNS
 from experiments.bench.rows import COLUMNS as BENCH_COLUMNS
 from tests.helpers import read_csv
 

@@ -198,10 +198,10 @@ def test_a_worker_killed_before_it_reads_its_request_is_reported_killed_not_unst
     import queue
     import signal
 
-    from experiments.executors import process as worker_process
-    from experiments.executors.base import Launch
-    from experiments.executors.local import LocalExecutor
-    from experiments.executors.process import describe_exit
+    from experiments.running.executors import process as worker_process
+    from experiments.running.executors.base import Launch
+    from experiments.running.executors.local import LocalExecutor
+    from experiments.running.executors.process import describe_exit
 
     real_popen = subprocess.Popen
 

@@ -15,11 +15,12 @@ import pytest
 import backends
 from backends.contract import shared_init
 from backends.numpy.backend import Backend as NumpyBackend
-from experiments import probes, report, stats
+from experiments.exercises import probes
+from experiments.report import writer as report, stats
 from experiments.exercises import activation_variance, long_training
 from experiments.catalog import CATALOG, build
 from backends.contract.spec import ModelSpec, TrainSpec
-from experiments.plan import Job
+from experiments.running.plan import Job
 
 EXERCISES = ["dropout-swap", "long-training", "activation-variance", "test-time-dropout", "dropout-vs-weight-decay",
              "dropconnect", "noise-injection"]

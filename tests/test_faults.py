@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 import backends
-from experiments import catalog, cli, lock
-from experiments.plan import Variant
-from experiments.runner import RunOptions, exit_status, run_experiment
+from experiments import catalog, cli
+from experiments.running import lock
+from experiments.running.plan import Variant
+from experiments.running.runner import RunOptions, exit_status, run_experiment
 from tests.helpers import read_csv, workers_of
 from tests.test_cli import HARNESS, assert_user_error, harness
 
@@ -95,7 +96,7 @@ def test_a_second_harness_on_a_training_folder_is_refused_naming_the_holder_and_
 HOLD = """
 import sys, time
 from pathlib import Path
-from experiments import lock
+from experiments.running import lock
 with lock.hold(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(120)
@@ -140,7 +141,8 @@ def test_the_lock_is_reentrant_within_a_process_and_looking_touches_nothing(tmp_
         with lock.hold(folder):  # the bench's rounds, a notebook's second call
             assert lock.holder(folder) is None  # this process holds it: not "another harness"
         check = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
-                                "from experiments import lock; print(lock.holder(Path(sys.argv[1])))", str(folder)],
+                                "from experiments.running import lock; print(lock.holder(Path(sys.argv[1])))",
+                                str(folder)],
                                cwd=backends.PROJECT_ROOT, capture_output=True, text=True, timeout=120)
         assert f"pid {os.getpid()} on host" in check.stdout, check.stdout + check.stderr
     assert not (folder / lock.LOCK_NAME).exists()

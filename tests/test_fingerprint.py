@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import backends
-from experiments import fingerprint
+from experiments.running import fingerprint
 from tests.helpers import read_csv
 
 ROOT = backends.PROJECT_ROOT
@@ -40,8 +40,8 @@ def test_an_edit_of_any_module_a_job_runs_changes_its_backends_fingerprint(tree,
     package = backends.resolve(backend).package.replace(".", "/")
     # the rule finds what the worker runs: the backend's every module, the registry, the worker and its imports
     assert {str(p.relative_to(tree)) for p in (tree / package).glob("*.py")} <= relative
-    assert {"experiments/worker.py", "backends/registry.py", "backends/contract/backend.py",
-            "backends/contract/timing.py", "experiments/data.py", "experiments/probes.py",
+    assert {"experiments/running/worker.py", "backends/registry.py", "backends/contract/backend.py",
+            "backends/contract/timing.py", "experiments/data.py", "experiments/exercises/probes.py",
             "backends/remote/wire.py", "experiments/bench/floor.py", "experiments/__init__.py"} <= relative
     before = fingerprint.compute_source_digest(backend, tree)
     for path in files:
@@ -102,15 +102,15 @@ def test_code_that_does_not_compute_a_jobs_numbers_leaves_the_fingerprint_alone(
     """The report, the executors and the runner (where and how a job runs, what is written about it), and the lazy
     ``experiments.run`` of the package's PEP 562 hook, are not what a worker imports."""
     files = {str(p.relative_to(tree)) for p in fingerprint.source_files("numpy", tree)}
-    for name in ("experiments/report.py", "experiments/runner.py", "experiments/executors/local.py",
-                 "experiments/api.py", "experiments/compare.py"):
+    for name in ("experiments/report/writer.py", "experiments/running/runner.py",
+                 "experiments/running/executors/local.py", "experiments/api.py", "experiments/compare.py"):
         assert name not in files
     before = fingerprint.compute_source_digest("numpy", tree)
-    original = edited(tree / "experiments" / "report.py")
+    original = edited(tree / "experiments" / "report" / "writer.py")
     try:
         assert fingerprint.compute_source_digest("numpy", tree) == before
     finally:
-        (tree / "experiments" / "report.py").write_bytes(original)
+        (tree / "experiments" / "report" / "writer.py").write_bytes(original)
 
 
 def test_the_cached_digest_sees_an_edit_made_while_the_process_runs(tree):

@@ -80,11 +80,11 @@ def test_the_checks_fail_on_a_backward_import_and_on_a_cycle(tmp_path):
     shutil.copy(ROOT / "harness.py", tmp_path / "harness.py")
     assert layering_violations(import_graph(tmp_path)) == [] and cycles(import_graph(tmp_path)) == []
     numpy_backend = tmp_path / "backends" / "numpy" / "backend.py"
-    numpy_backend.write_text(numpy_backend.read_text() + "\n\ndef late():\n    from experiments import plan\n")
-    assert "backends.numpy.backend imports experiments.plan" in layering_violations(import_graph(tmp_path))
-    assert cycles(import_graph(tmp_path)) == []  # one-way still: nothing in experiments.plan leads back
-    plan = tmp_path / "experiments" / "plan.py"
-    plan.write_text(plan.read_text() + "\nimport experiments.runner  # noqa\n")
+    numpy_backend.write_text(numpy_backend.read_text() + "\n\ndef late():\n    from experiments.running import plan\n")
+    assert "backends.numpy.backend imports experiments.running.plan" in layering_violations(import_graph(tmp_path))
+    assert cycles(import_graph(tmp_path)) == []  # one-way still: nothing in experiments.running.plan leads back
+    plan = tmp_path / "experiments" / "running" / "plan.py"
+    plan.write_text(plan.read_text() + "\nimport experiments.running.runner  # noqa\n")
     assert cycles(import_graph(tmp_path)) != []  # runner -> plan -> runner
 
 

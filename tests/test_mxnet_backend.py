@@ -23,7 +23,7 @@ import backends
 from backends import contract
 from experiments import data
 from experiments.catalog import build
-from experiments.runner import RunOptions, run_experiment
+from experiments.running.runner import RunOptions, run_experiment
 from backends.contract.spec import ModelSpec, TrainSpec
 from tests.conftest import require_backend
 

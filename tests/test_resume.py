@@ -10,8 +10,8 @@ import pytest
 import backends
 from backends.contract.spec import TrainSpec
 from tests.helpers import workers_of
-from experiments.plan import Experiment, Variant
-from experiments.runner import RunOptions, run_experiment
+from experiments.running.plan import Experiment, Variant
+from experiments.running.runner import RunOptions, run_experiment
 from tests.helpers import read_csv
 from tests.test_cli import HARNESS, assert_user_error, harness
 

@@ -7,7 +7,7 @@ import pytest
 
 import backends
 from experiments.catalog import build
-from experiments.runner import RunOptions, run_experiment
+from experiments.running.runner import RunOptions, run_experiment
 from tests.helpers import read_csv
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from experiments.catalog import CatalogError, build
 from backends.contract.spec import ModelSpec, SpecError, TrainSpec
-from experiments.plan import Experiment, Job, Variant
+from experiments.running.plan import Experiment, Job, Variant
 
 
 def test_defaults_are_d2ls():

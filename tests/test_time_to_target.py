@@ -10,10 +10,10 @@ import pytest
 from backends.contract.spec import ModelSpec, TrainSpec
 from experiments import data
 from experiments.options import TARGET_ACC
-from experiments.plan import Job
-from experiments.rundir import RunFolder, seconds_to_target, summary_row
-from experiments.runner import _retargeted
-from experiments.sections import side_by_side_rows
+from experiments.running.plan import Job
+from experiments.running.rundir import RunFolder, seconds_to_target, summary_row
+from experiments.running.runner import _retargeted
+from experiments.report.sections import side_by_side_rows
 from experiments.version import __version__
 
 

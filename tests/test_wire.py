@@ -60,9 +60,9 @@ def test_numpy_1_23_reads_and_writes_the_same_messages():
 
 
 WORKER_SIDE = ("backends", "backends.contract", "backends.registry", "backends.remote.wire", "backends.remote.client",
-               "backends.remote.serve", "experiments.plan", "experiments.data", "experiments.probes",
-               "experiments.worker")
-ORCHESTRATION = ("experiments.runner", "experiments.report", "experiments.catalog", "experiments.cli",
+               "backends.remote.serve", "experiments.running.plan", "experiments.data", "experiments.exercises.probes",
+               "experiments.running.worker")
+ORCHESTRATION = ("experiments.running.runner", "experiments.report.writer", "experiments.catalog", "experiments.cli",
                  "experiments.commands.bench")
 
 

@@ -7,7 +7,8 @@ import pytest
 
 from backends import registry
 from backends.numpy.backend import Backend as NumpyBackend
-from experiments import data, worker
+from experiments import data
+from experiments.running import worker
 from experiments.catalog import build
 
 N_TRAIN = 1500

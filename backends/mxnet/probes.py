@@ -1,5 +1,5 @@
 """The bench's instrumentation for the MXNet backend, off the contract: functions of a built backend (either tier)
-that report what that tier runs in its mode (``experiments.worker`` calls them for bench runs).
+that report what that tier runs in its mode (``experiments.running.worker`` calls them for bench runs).
 
 - ``gemm_library``: the library behind Gluon's ``Dense`` (``FullyConnected``), the same in both tiers;
 - ``gemm_step_probe``: a training step's products as ``FullyConnected`` operators, the way the tier runs them

@@ -188,7 +188,7 @@ def breakdown_chart(path: Path, parts: list[dict[str, Any]], title: str) -> None
     """Stacked horizontal bars of the medians: each part from where the previous ended (a part within noise or
     below zero drawn as a hatched outline, a negative one going back), so that every bar ends at the median epoch
     (the dot, with its interval)."""
-    from experiments import plots
+    from experiments.report import plots
 
     fig, ax = plots.subplots(figsize=(9, 2.0 + 0.45 * max(1, len(parts))))
     for y, p in enumerate(parts):

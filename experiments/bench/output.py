@@ -238,7 +238,7 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any],
 def write_chart(path: Path, rows: list[dict[str, Any]], floor: float | None, title: str) -> None:
     """Steady epoch seconds per backend x mode x tier (the median over the rounds, whiskers: its interval), the
     pooled floor as a line, each bar labelled with its ratio to the floor."""
-    from experiments import plots
+    from experiments.report import plots
 
     timed = [r for r in rows if r.get("steady_median_seconds") is not None]
     fig, ax = plots.subplots(figsize=(8, 1.2 + 0.45 * max(1, len(timed))))

@@ -17,7 +17,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from experiments.bench.floor import measure_floor
-from experiments.plan import Job
+from experiments.running.plan import Job
 
 NOISE_OFF = "noise-off"  # the variant with dropout (0, 0), for the breakdown's noise
 

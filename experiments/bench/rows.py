@@ -8,7 +8,7 @@ import statistics
 from typing import Any, Sequence
 
 from experiments.bench.intervals import median_interval, spread_columns
-from experiments.stats import steady_epochs
+from experiments.report.stats import steady_epochs
 
 KEYS = ["backend", "mode", "tuning"]
 ROUND_COLUMNS = KEYS + [

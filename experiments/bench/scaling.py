@@ -157,7 +157,7 @@ def scaling_markdown(path: Path, rows: list[dict[str, Any]], fits, machine: str,
 def scaling_chart(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     from matplotlib.ticker import FormatStrFormatter
 
-    from experiments import plots
+    from experiments.report import plots
 
     fig, (ratio_ax, rate_ax) = plots.subplots(1, 2, figsize=(12, 5))
     for backend, mode, tuning in dict.fromkeys(_key(r) for r in rows):

@@ -25,7 +25,8 @@ from typing import Any
 
 from backends import registry
 from backends.contract.spec import MODES, TUNINGS, ModelSpec
-from experiments import catalog, resume
+from experiments import catalog
+from experiments.running import resume
 from experiments.bench.floor import (
     BLAS_ENVIRONMENT, FASHION_MNIST_TRAIN, KERNEL_CHOICE, blas_line, epoch_flops, floor_seconds, own_kernels_floor,
     pool_floors, vector_isa,
@@ -35,9 +36,9 @@ from experiments.bench.rounds import NOISE_OFF, Floors, job_label, round_order
 from experiments.bench.rows import (
     COLUMNS, ROUND_COLUMNS, EventLog, add_gains, aggregate_all, bench_row, unavailable_row,
 )
-from experiments.plan import Variant
-from experiments.rundir import RunFolder, load_tables, run_metadata
-from experiments.runner import RunInterrupted, RunOptions, run_experiment
+from experiments.running.plan import Variant
+from experiments.running.rundir import RunFolder, load_tables, run_metadata
+from experiments.running.runner import RunInterrupted, RunOptions, run_experiment
 
 MAIN = "d2l"  # the D2L job's variant; its twin with dropout (0, 0) is NOISE_OFF
 

@@ -4,7 +4,7 @@ machine's floor, in rounds.
 Each backend x mode x tier is one D2L job (the section's model, batch 256, real Fashion-MNIST) with ``1 + repeats``
 epochs, run by the ordinary runner in its own worker process: same data, same batches (one shared order per seed and
 epoch), same thread count, set before the framework is imported. Epoch 1 carries compilation and warm-up; a round's
-steady epoch time is the median of epochs 2..1+repeats (``experiments.stats.steady_epochs``). Every timer is read
+steady epoch time is the median of epochs 2..1+repeats (``experiments.report.stats.steady_epochs``). Every timer is read
 after the backend's ``synchronize()`` (``backends.contract.Stopwatch``). The bench runs ``--rounds`` rounds; each
 runs every job once, in fresh worker processes, in an order shuffled per round, with the floor measured right before
 each job (``experiments.bench.rounds``, ``experiments.bench.floor``); the figures are medians over the rounds with
@@ -34,8 +34,8 @@ from experiments.bench.scaling import (
     SCALING_COLUMNS, fit_all, fit_lines, round_fits, scaling_chart, scaling_markdown, scaling_rows,
 )
 from experiments.bench.session import run_size
-from experiments.executors import check_ray_address
-from experiments.runner import exit_status, summary_statuses
+from experiments.running.executors import check_ray_address
+from experiments.running.runner import exit_status, summary_statuses
 from experiments.options import (
     Parser, UsageError, add_backend_option, add_device_option, add_mode_option, add_run_options, add_tuning_option,
     modes_of, tunings_of, validate_run_options,

@@ -23,7 +23,7 @@ from experiments.parity import ladder
 from experiments.parity.factory import BackendFactory
 from experiments.parity.output import machine_line, write_chart, write_csv, write_markdown
 from experiments.parity.session import Selection, failures, run_backend
-from experiments.rundir import RunFolder, run_metadata
+from experiments.running.rundir import RunFolder, run_metadata
 
 MAX_STEPS = 234  # consecutive batches of 256 in the 60,000 training images
 

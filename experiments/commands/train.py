@@ -11,8 +11,8 @@ from experiments.options import (
     Parser, add_backend_option, add_device_option, add_mode_option, add_resume_options, add_run_options, add_spec_options,
     add_target_option, add_tuning_option,
 )
-from experiments.runner import RunInterrupted, exit_status
-from experiments.sections import side_by_side
+from experiments.running.runner import RunInterrupted, exit_status
+from experiments.report.sections import side_by_side
 from experiments.version import __version__
 
 

@@ -6,12 +6,12 @@ import math
 import numpy as np
 
 from experiments.entry import SEEDS, Entry, rates
-from experiments.plots import curve_plot, image_link
-from experiments.results import Run
-from experiments.sections import (
+from experiments.report.plots import curve_plot, image_link
+from experiments.report.results import Run
+from experiments.report.sections import (
     Metric, activation_frame, findings, mean_spread_table, setup_frames, setup_heading,
 )
-from experiments.stats import fmt_stat, stat
+from experiments.report.stats import fmt_stat, stat
 
 
 def predicted_post_var(noise: str, p: float, var: float, mean: float) -> float:

@@ -10,9 +10,9 @@ import math
 import pandas as pd
 
 from experiments.entry import Entry
-from experiments.results import Run
-from experiments.sections import learning_curves_section, markdown, runs_section
-from experiments.stats import fmt_stat, paired, stat, verdict
+from experiments.report.results import Run
+from experiments.report.sections import learning_curves_section, markdown, runs_section
+from experiments.report.stats import fmt_stat, paired, stat, verdict
 
 REFERENCE = ("numpy", "eager", "stock")  # backend, mode, tier: the plain NumPy backend is the harness's reference
 
@@ -130,7 +130,8 @@ def time_section(run: Run) -> list[str]:
     if 0 < steady < 4:
         text.insert(0, f"only {steady} steady epoch(s) per job: a rough figure; the default 10 epochs give 9.")
     return ["## Time", "", f"Medians over seeds, {conditions}, one job at a time. Epoch 1 carries compilation "
-            "and warm-up; the steady epoch time is the median of epochs 2..E (`experiments.stats.steady_epochs`). "
+            "and warm-up; the steady epoch time is the median of epochs 2..E "
+            "(`experiments.report.stats.steady_epochs`). "
             "These are the timings of this run on this machine, disturbed by whatever else ran on it; "
             "`python harness.py bench` measures them against the machine's floor.", "", markdown(rows), "",
             *[f"- {t}" for t in text], ""]

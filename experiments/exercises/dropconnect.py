@@ -3,8 +3,8 @@ from __future__ import annotations
 
 
 from experiments.entry import SEEDS, Entry, rates
-from experiments.results import Run
-from experiments.sections import (
+from experiments.report.results import Run
+from experiments.report.sections import (
     final_accuracy_section, findings, matched_comparisons, noise_kinds_note,
 )
 

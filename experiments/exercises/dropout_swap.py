@@ -3,11 +3,11 @@ from __future__ import annotations
 
 
 from experiments.entry import SEEDS, Entry, rates
-from experiments.results import Run
-from experiments.sections import (
+from experiments.report.results import Run
+from experiments.report.sections import (
     final_accuracy_section, findings, rates_label, setup_frames, setup_heading,
 )
-from experiments.stats import describe, paired, stat
+from experiments.report.stats import describe, paired, stat
 
 
 def dropout_swap(run: Run) -> list[str]:

@@ -6,13 +6,13 @@ import pandas as pd
 
 from backends.contract.spec import TrainSpec
 from experiments.entry import SEEDS, Entry, rates
-from experiments.plots import image_link, points_plot
-from experiments.results import Run
-from experiments.sections import (
+from experiments.report.plots import image_link, points_plot
+from experiments.report.results import Run
+from experiments.report.sections import (
     final_accuracy_section, findings, markdown,
     ranking, setup_frames, setup_heading,
 )
-from experiments.stats import describe, fmt_stat, stat
+from experiments.report.stats import describe, fmt_stat, stat
 
 
 def dropout_vs_weight_decay(run: Run) -> list[str]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pandas as pd
 
 from experiments.entry import SEEDS, Entry, rates
-from experiments.plots import curve_plot, image_link
-from experiments.results import SETUP, Run
-from experiments.sections import (
+from experiments.report.plots import curve_plot, image_link
+from experiments.report.results import SETUP, Run
+from experiments.report.sections import (
     Metric, findings, mean_spread_table, setup_frames, setup_heading,
 )
-from experiments.stats import describe, fmt_stat, paired, stat
+from experiments.report.stats import describe, fmt_stat, paired, stat
 
 
 def ahead_from(difference) -> int | None:

@@ -5,12 +5,13 @@ import math
 
 
 from experiments.entry import SEEDS, Entry, rates
-from experiments.plots import curve_plot, image_link
-from experiments.results import Run
-from experiments.sections import (
-    Metric, activation_frame, final_accuracy_section, findings, matched_comparisons, mean_spread_table, noise_kinds_note, rates_label, setup_frames, setup_heading,
+from experiments.report.plots import curve_plot, image_link
+from experiments.report.results import Run
+from experiments.report.sections import (
+    Metric, activation_frame, final_accuracy_section, findings, matched_comparisons, mean_spread_table,
+    noise_kinds_note, rates_label, setup_frames, setup_heading,
 )
-from experiments.stats import fmt_stat, paired, stat
+from experiments.report.stats import fmt_stat, paired, stat
 
 
 def noise_injection(run: Run) -> list[str]:

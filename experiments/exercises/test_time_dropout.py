@@ -5,12 +5,12 @@ from __future__ import annotations
 import pandas as pd
 
 from experiments.entry import SEEDS, Entry, rates
-from experiments.plots import curve_plot, image_link
-from experiments.results import Run
-from experiments.sections import (
+from experiments.report.plots import curve_plot, image_link
+from experiments.report.results import Run
+from experiments.report.sections import (
     Metric, findings, mean_spread_table, setup_frames, setup_heading,
 )
-from experiments.stats import describe, fmt_stat, stat
+from experiments.report.stats import describe, fmt_stat, stat
 
 
 def test_time_dropout(run: Run) -> list[str]:

@@ -109,7 +109,7 @@ def write_chart(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     """The worst scale-relative error over implementations and noise kinds at each SGD step, per backend x mode."""
     from matplotlib.ticker import MaxNLocator
 
-    from experiments import plots
+    from experiments.report import plots
 
     frame = pd.DataFrame([r for r in rows if r["rung"] == "sgd_trajectory" and r.get("max_rel_err") is not None],
                          columns=COLUMNS)

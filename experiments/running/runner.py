@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from backends import registry
-from experiments import lock, resume
-from experiments.executors.local import LocalExecutor
-from experiments.executors.base import Executor, Launch
-from experiments.executors.process import describe_exit, last_line, read_text
-from experiments.plan import Experiment, Job
-from experiments.progress import Progress
+from experiments.running import lock, resume
+from experiments.running.executors.local import LocalExecutor
+from experiments.running.executors.base import Executor, Launch
+from experiments.running.executors.process import describe_exit, last_line, read_text
+from experiments.running.plan import Experiment, Job
+from experiments.running.progress import Progress
 from experiments.options import TARGET_ACC
-from experiments.rundir import (
+from experiments.running.rundir import (
     RunFolder, job_columns, job_identity, load_tables, row_identity, run_metadata, seconds_to_target, summary_row,
 )
 
@@ -168,7 +168,8 @@ def run_experiment(experiment: Experiment, options: RunOptions, *, argv: list[st
     ``between_jobs(job)`` runs before each job is started and once more with None after the last (the bench times
     its floor there; it refuses more than one job at a time, so no worker is alive then)."""
     jobs = experiment.jobs(lambda name: registry.resolve(name).modes)
-    # One harness per run folder (``experiments.lock``): a second one is refused here, before anything is started.
+    # One harness per run folder (``experiments.running.lock``): a second one is refused here, before anything is
+    # started.
     with lock.hold(options.out_dir):
         # Before the folder is touched (a cluster that cannot be reached is a user error), and before the signals
         # are taken over: ray.init installs its own SIGTERM handler.
@@ -307,7 +308,7 @@ def summary_statuses(folder: Path) -> list[str]:
 def make_executor(options: RunOptions) -> Executor:
     """The executor ``options`` ask for. Ray is imported only when it is asked for (an optional extra)."""
     if options.executor == "ray":
-        from experiments.executors.ray_executor import RayExecutor
+        from experiments.running.executors.ray_executor import RayExecutor
 
         return RayExecutor(address=options.ray_address, threads=options.threads,
                            all_cpus_of_node=options.all_cpus_of_node)

@@ -6,8 +6,8 @@ A job is done when its summary row says ``ok`` with the fingerprint the job has 
 runs again from its start, and its old rows are dropped first, so no table ever holds a job twice.
 
 Before any of that, the checks here refuse (one line, exit status 2) a folder that another harness holds
-(``experiments.lock``), and, for ``--resume``, a folder whose ``meta.json`` is missing or whose tables are not whole
-(``rundir.check_tables``): nothing in it is rewritten then.
+(``experiments.running.lock``), and, for ``--resume``, a folder whose ``meta.json`` is missing or whose tables are
+not whole (``rundir.check_tables``): nothing in it is rewritten then.
 """
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments import lock
-from experiments.fingerprint import job_fingerprint
+from experiments.running import lock
+from experiments.running.fingerprint import job_fingerprint
 from experiments.options import UsageError
-from experiments.plan import Job
-from experiments.rundir import DamagedFolder, check_tables, job_identity, load_tables, row_identity
+from experiments.running.plan import Job
+from experiments.running.rundir import DamagedFolder, check_tables, job_identity, load_tables, row_identity
 
 META = "meta.json"
 

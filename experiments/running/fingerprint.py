@@ -20,10 +20,10 @@ from pathlib import Path
 
 from backends import registry
 from experiments.data_files import FILES, held_path
-from experiments.plan import Job
+from experiments.running.plan import Job
 
 ROOT = registry.PROJECT_ROOT
-WORKER = "experiments.worker"  # the module every job runs in
+WORKER = "experiments.running.worker"  # the module every job runs in
 REGISTRY = "backends.registry"  # finds the backend's package and class
 LAZY_HOOKS = ("__getattr__", "__dir__")  # PEP 562: run on attribute access only
 

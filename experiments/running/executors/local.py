@@ -8,8 +8,8 @@ import subprocess
 import threading
 import time
 
-from experiments.executors.base import Launch
-from experiments.executors.process import start_worker, stop, stream_events
+from experiments.running.executors.base import Launch
+from experiments.running.executors.process import start_worker, stop, stream_events
 
 JOIN_WAIT = 10.0
 

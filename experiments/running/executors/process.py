@@ -24,7 +24,7 @@ def start_worker(backend: str, request: dict[str, Any], *, threads: int, label: 
     """``label`` (run folder and job key) is an argument the worker ignores, so that ``ps`` shows whose it is.
     The worker gets its own session: a Ctrl-C in the terminal reaches the harness, which stops the workers itself."""
     env = dict(os.environ, PYTHONPATH=str(registry.PROJECT_ROOT), **thread_environment(threads))
-    process = subprocess.Popen([registry.resolve(backend).interpreter, "-m", "experiments.worker", label],
+    process = subprocess.Popen([registry.resolve(backend).interpreter, "-m", "experiments.running.worker", label],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=registry.PROJECT_ROOT,
                                env=env, text=True, start_new_session=True)
     try:

@@ -9,7 +9,7 @@ from typing import Any
 from tqdm.auto import tqdm
 from tqdm.autonotebook import tqdm as display_tqdm
 
-from experiments.plan import Job
+from experiments.running.plan import Job
 
 IN_NOTEBOOK = display_tqdm.__module__ == "tqdm.notebook"  # tqdm.auto picked its Jupyter widget
 

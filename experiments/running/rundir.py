@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from experiments.plan import Job
-from experiments.stats import steady_epochs
+from experiments.running.plan import Job
+from experiments.report.stats import steady_epochs
 from experiments.version import __version__
 
 KEY_COLUMNS = ["backend", "tuning", "impl", "mode", "variant", "seed"]

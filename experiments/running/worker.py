@@ -1,4 +1,4 @@
-"""``python -m experiments.worker``: the job loop, in the only process a job's framework lives in.
+"""``python -m experiments.running.worker``: the job loop, in the only process a job's framework lives in.
 
 It reads one job (JSON) on stdin, loads the data, builds the backend, trains it epoch by epoch with the probes the
 job asks for, and writes events as JSON lines on stdout (``start``, ``epoch``, ``record``, ``bench``, ``done`` or
@@ -8,7 +8,6 @@ is pointed at stderr before anything is imported.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -23,9 +22,9 @@ from backends import registry
 from backends.contract import EpochBatches, Stopwatch, shared_init
 from backends.remote import wire
 from experiments import data as data_module
-from experiments import probes as probe_module
-from experiments.bench.floor import step_gemms
-from experiments.plan import Job
+from experiments.bench.probes import TimedEpochBatches, gemm_rate, gemm_step_rate, noise_rate
+from experiments.exercises import probes as probe_module
+from experiments.running.plan import Job
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -38,92 +37,11 @@ class Diverged(RuntimeError):
     pass
 
 
-@dataclasses.dataclass(frozen=True)
-class TimedEpochBatches(EpochBatches):
-    """``EpochBatches`` that add up the time spent in their own iterators (slicing the order, gathering ``x[idx]``,
-    ``y[idx]``): the harness's batching work that runs inside a backend's loop (bench runs only)."""
-
-    spent: list = dataclasses.field(default_factory=lambda: [0.0], repr=False, compare=False)
-
-    def indices(self):
-        clock, spent = time.perf_counter, self.spent
-        start = clock()
-        for idx in EpochBatches.indices(self):
-            spent[0] += clock() - start
-            yield idx
-            start = clock()
-        spent[0] += clock() - start
-
-    def __iter__(self):
-        clock, spent = time.perf_counter, self.spent
-        start = clock()
-        for idx in EpochBatches.indices(self):
-            batch = self.x[idx], self.y[idx]
-            spent[0] += clock() - start
-            yield batch
-            start = clock()
-        spent[0] += clock() - start
-
-
 def check_finite(epoch: int, **values: float) -> None:
     """A non-finite loss or accuracy, in training or in evaluation, is a diverged job."""
     for name, value in values.items():
         if not math.isfinite(value):
             raise Diverged(f"diverged: {name.replace('_', ' ')} is {value} in epoch {epoch}")
-
-
-def median_call_seconds(call, calls: int = 30, warmup: int = 3) -> float:
-    """The median wall time of ``calls`` timed calls of ``call`` (which waits for its own work), after ``warmup``."""
-    for _ in range(warmup):
-        call()
-    seconds = []
-    for _ in range(calls):
-        clock = time.perf_counter()
-        call()
-        seconds.append(time.perf_counter() - clock)
-    return sorted(seconds)[len(seconds) // 2]
-
-
-PROBE_ROUNDS = 16  # rounds of a GEMM probe per timed call: a compiled program's call and output buffers, spread thin
-
-
-def products_seconds(probes, backend, products) -> float | None:
-    """The median time of one round of ``products`` through the backend's own matmul (its ``probes``'
-    ``gemm_step_probe``, 16 rounds a timed call); None where the backend does not say."""
-    probe = probes.gemm_step_probe(backend, products=products, rounds=PROBE_ROUNDS)
-    return None if probe is None else median_call_seconds(probe, calls=10) / PROBE_ROUNDS
-
-
-def gemm_rate(probes, backend, m: int, k: int, n: int) -> dict[str, Any] | None:
-    """The library a backend's float32 matmul runs and the rate it reaches on the first layer's forward product
-    (m x k @ k x n) through the framework (bench runs); None where the backend does not say."""
-    library = probes.gemm_library(backend, m=m, k=k, n=n)
-    seconds = products_seconds(probes, backend, [{"m": m, "k": k, "n": n, "ta": False, "tb": False}])
-    if library is None or seconds is None:
-        return None
-    return {"library": library, "shape": [m, k, n], "seconds": seconds, "gflops": 2.0 * m * k * n / seconds / 1e9}
-
-
-def gemm_step_rate(probes, backend, sizes, batch: int) -> dict[str, Any] | None:
-    """One training step's necessary GEMMs (the floor's products) through the backend's own matmul
-    (``gemm_step_probe``; bench runs): the median time of a round of them all, one after another; None where the
-    backend does not say."""
-    products = [g for g in step_gemms(sizes, batch) if g["necessary"]]
-    seconds = products_seconds(probes, backend, products)
-    if seconds is None:
-        return None
-    flops = sum(g["flops"] for g in products)
-    return {"seconds": seconds, "products": len(products), "flops": flops, "gflops": flops / seconds / 1e9}
-
-
-def noise_rate(probes, backend, batch: int) -> dict[str, Any] | None:
-    """What draws a backend's dropout and the time one step's draws take alone (``noise_probe``; bench runs);
-    None where the backend does not say."""
-    probe = probes.noise_probe(backend, batch_size=batch)
-    if probe is None:
-        return None
-    library, draw = probe
-    return {"library": library, "seconds": median_call_seconds(draw)}
 
 
 def run_job(job_data: dict[str, Any], emit: Emit) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from experiments.catalog import CATALOG
-from experiments.results import Run
-from experiments.sections import across_setups, learning_curves_section, report_header, runs_section
+from experiments.report.results import Run
+from experiments.report.sections import across_setups, learning_curves_section, report_header, runs_section
 
 
 def write(experiment: str, folder: Path) -> Path | None:

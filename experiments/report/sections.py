@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 
 from backends.contract.spec import NOISE_KINDS
-from experiments.plots import curve_plot, image_link, learning_curves, points_plot
-from experiments.results import Run, dropout_columns, setting_value
-from experiments.stats import describe, fmt_stat, paired, stat
+from experiments.report.plots import curve_plot, image_link, learning_curves, points_plot
+from experiments.report.results import Run, dropout_columns, setting_value
+from experiments.report.stats import describe, fmt_stat, paired, stat
 
 NOISE_RULE = ("Differences are paired by seed (the same seed gives the same initial weights and batch order in "
               "every variant) and given as the mean over seeds, the sd over seeds, and a 95 % t-interval; a difference "

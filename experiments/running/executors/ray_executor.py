@@ -19,8 +19,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # before ray is imported:
 import ray  # noqa: E402
 
 from backends import registry  # noqa: E402
-from experiments.executors.base import Launch  # noqa: E402
-from experiments.executors.process import start_worker, stream_events  # noqa: E402
+from experiments.running.executors.base import Launch  # noqa: E402
+from experiments.running.executors.process import start_worker, stream_events  # noqa: E402
 from experiments.options import UsageError  # noqa: E402
 
 LOG_LIMIT = 1 << 20  # bytes of a worker's stderr sent back with its last event
