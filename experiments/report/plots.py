@@ -5,31 +5,51 @@ backend to choose, so the same code draws for ``report.md`` (saved PNGs) and for
 """
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure as MatplotlibFigure
-from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
 
-class Figure(MatplotlibFigure):
-    """A matplotlib Figure that a notebook shows as a PNG when it is a cell's value (a Figure made without pyplot
-    has no display of its own)."""
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-    def _repr_png_(self) -> bytes:
-        buffer = io.BytesIO()
-        self.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-        return buffer.getvalue()
+# matplotlib is imported on the first figure, not with this module: every command imports the catalog, which imports
+# the exercises' analyses, and a command that draws nothing (``--help``, ``--list``, a bad flag) should not pay for it.
+
+
+@functools.cache
+def _figure_class() -> type:
+    from matplotlib.figure import Figure as MatplotlibFigure
+
+    class Figure(MatplotlibFigure):
+        """A matplotlib Figure that a notebook shows as a PNG when it is a cell's value (a Figure made without
+        pyplot has no display of its own)."""
+
+        def _repr_png_(self) -> bytes:
+            buffer = io.BytesIO()
+            self.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+            return buffer.getvalue()
+
+    return Figure
+
+
+def new_figure(*, figsize: tuple[float, float]) -> "Figure":
+    return _figure_class()(figsize=figsize)
+
+
+def tab10(index: int):
+    """The i-th colour of matplotlib's tab10 palette (cycling)."""
+    import matplotlib
+
+    return matplotlib.colormaps["tab10"](index % 10)
 
 
 LINESTYLES = ["-", "--", ":", "-."]
 MARKERS = ["o", "s", "^", "D"]
 DPI = 110
-TAB10 = matplotlib.colormaps["tab10"]
 
 # The learning curves: (column of epochs.csv, panel title, scale).
 LEARNING_CURVES = (("train_loss", "training loss (noise on)", 1.0), ("val_loss", "validation loss", 1.0),
@@ -38,7 +58,7 @@ LEARNING_CURVES = (("train_loss", "training loss (noise on)", 1.0), ("val_loss",
 
 def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float]):
     """A figure and its axes for the commands' charts, without pyplot: nothing to close, no backend to choose."""
-    fig = Figure(figsize=figsize)
+    fig = new_figure(figsize=figsize)
     return fig, fig.subplots(nrows, ncols)
 
 
@@ -60,12 +80,15 @@ def curve_figure(frame, *, x: str, y: str, hue: str, title: str, ylabel: str, xl
     band from the lowest to the highest seed (left out when a panel would hold more than ``max_bands`` lines);
     one panel per ``row`` x ``col`` value (``titles`` renames a panel's heading). The legend lists the colours and,
     when there are several, the line styles apart."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
     data = frame.dropna(subset=[y])
     rows = list(dict.fromkeys(data[row])) if row else [None]
     cols = list(dict.fromkeys(data[col])) if col else [None]
     hues = list(dict.fromkeys(data[hue]))
     styles = list(dict.fromkeys(data[style])) if style else [None]
-    colours = {h: TAB10(i % 10) for i, h in enumerate(hues)}
+    colours = {h: tab10(i) for i, h in enumerate(hues)}
     dashes = {s: LINESTYLES[i % len(LINESTYLES)] for i, s in enumerate(styles)}
     several_seeds = "seed" in data and data["seed"].nunique() > 1
     bands = several_seeds and len(hues) * len(styles) <= max_bands
@@ -80,7 +103,7 @@ def curve_figure(frame, *, x: str, y: str, hue: str, title: str, ylabel: str, xl
         return {"marker": MARKERS[i % len(MARKERS)], "markersize": 4 if i == 0 else 6,
                 "markerfacecolor": None if i == 0 else "none"}
 
-    fig = Figure(figsize=(max(7.0, panel[0] * len(cols) + 1.8), panel[1] * len(rows)))
+    fig = new_figure(figsize=(max(7.0, panel[0] * len(cols) + 1.8), panel[1] * len(rows)))
     axes = fig.subplots(len(rows), len(cols), squeeze=False, sharex=True, sharey=sharey)
     for r, row_value in enumerate(rows):
         for c, col_value in enumerate(cols):
@@ -159,10 +182,10 @@ def points_plot(frame, *, x: str, y: str, hue: str, path: Path, title: str, ylab
     cats = list(dict.fromkeys(data[x]))
     hues = list(dict.fromkeys(data[hue]))
     width = 0.8 / max(len(hues), 1)
-    fig = Figure(figsize=(max(5.0, 1.1 * len(cats) + 2.5), 3.8))
+    fig = new_figure(figsize=(max(5.0, 1.1 * len(cats) + 2.5), 3.8))
     ax = fig.subplots()
     for i, h in enumerate(hues):
-        colour = TAB10(i % 10)
+        colour = tab10(i)
         for j, cat in enumerate(cats):
             values = data[(data[hue] == h) & (data[x] == cat)][y].astype(float)
             if values.empty:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 CONFIDENCE = 0.95
 
@@ -34,6 +33,8 @@ class Stat:
         """Half-width of the 95 % t-interval of the mean (NaN for fewer than two seeds)."""
         if self.n < 2 or not math.isfinite(self.sd):
             return math.nan
+        from scipy import stats as scipy_stats  # on first use: every command imports this module
+
         return float(scipy_stats.t.ppf(0.5 + CONFIDENCE / 2, self.n - 1)) * self.sd / math.sqrt(self.n)
 
     @property
@@ -157,6 +158,8 @@ def log_ratio_test(a: Sequence[float], b: Sequence[float]) -> TimeTest | None:
     se = math.sqrt(pooled * (1 / len(la) + 1 / len(lb)))
     if se == 0:
         return TimeTest(math.exp(diff), math.exp(diff), math.exp(diff), 1.0 if diff == 0 else None, df)
+    from scipy import stats as scipy_stats
+
     p = float(2 * scipy_stats.t.sf(abs(diff) / se, df))
     half = float(scipy_stats.t.ppf(0.5 + CONFIDENCE / 2, df)) * se
     return TimeTest(math.exp(diff), math.exp(diff - half), math.exp(diff + half), p, df)
