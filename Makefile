@@ -4,6 +4,8 @@ VENV := .venv
 MXVENV := .venv-mxnet
 PY := $(VENV)/bin/python
 TEST_ARGS ?=
+# Test processes (pytest-xdist): the tests are mostly one core each (worker start-up, imports, compilation).
+TEST_WORKERS ?= 2
 
 .PHONY: setup main-venv mxnet-venv data run test bench clean clean-results
 setup: main-venv mxnet-venv data
@@ -31,7 +33,7 @@ run: setup
 	$(PY) harness.py --backend all --mode all
 
 test: setup
-	HARNESS_REQUIRE_BACKENDS=1 $(PY) -m pytest $(TEST_ARGS)
+	HARNESS_REQUIRE_BACKENDS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(TEST_ARGS)
 
 bench: setup
 	$(PY) harness.py bench --backend all --mode all

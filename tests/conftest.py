@@ -61,6 +61,18 @@ class SkippingBackendFactory(BackendFactory):
         return super().__call__(name, **kwargs)
 
 
+# The longest test modules, longest first. ``make test`` runs the modules in two processes (pytest-xdist,
+# ``--dist loadfile``: a module's tests stay in one process, so its module fixtures are made once), handing out
+# whole modules in collection order; starting the long ones first keeps one from starting last and running alone.
+LONGEST_FIRST = ("test_bench.py", "test_parity.py", "test_parity_tuned.py", "test_executors.py", "test_resume.py",
+                 "test_faults.py", "test_end_to_end.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def make_backend():
     factory = SkippingBackendFactory()

@@ -45,19 +45,24 @@ import numpy as np
 from backends import registry
 from backends.contract.spec import ModelSpec, TrainSpec
 from experiments.bench.floor import step_gemms
-name, mode, tuning = sys.argv[1], sys.argv[2], sys.argv[3]
-backend = registry.load_class(name, tuning)(model=ModelSpec(hiddens=(24, 16)),
-                                            train=TrainSpec(mode=mode, batch_size=8, tuning=tuning), threads=1)
-backend.build(seed=0)
+name, modes = sys.argv[1], sys.argv[2:]
 probes = registry.load_probes(name)
 products = [g for g in step_gemms((784, 24, 16, 10), 8) if g["necessary"]]
-def run(rounds):
-    return [np.asarray(r.asnumpy() if hasattr(r, "asnumpy") else r)
-            for r in probes.gemm_step_probe(backend, products=products, rounds=rounds)()]
-once, thrice = run(1), run(3)
-print(json.dumps({"shapes": [list(r.shape) for r in once],
-                  "rounds_agree": all(np.array_equal(a, b) for a, b in zip(once, thrice)) and len(once) == len(thrice),
-                  "library": probes.gemm_library(backend, m=8, k=784, n=24)}))
+report = {}
+for mode in modes:
+    for tuning in ("stock", "tuned"):
+        backend = registry.load_class(name, tuning)(model=ModelSpec(hiddens=(24, 16)),
+                                                    train=TrainSpec(mode=mode, batch_size=8, tuning=tuning), threads=1)
+        backend.build(seed=0)
+        def run(rounds):
+            return [np.asarray(r.asnumpy() if hasattr(r, "asnumpy") else r)
+                    for r in probes.gemm_step_probe(backend, products=products, rounds=rounds)()]
+        once, thrice = run(1), run(3)
+        report[f"{mode} {tuning}"] = {
+            "shapes": [list(r.shape) for r in once],
+            "rounds_agree": all(np.array_equal(a, b) for a, b in zip(once, thrice)) and len(once) == len(thrice),
+            "library": probes.gemm_library(backend, m=8, k=784, n=24)}
+print(json.dumps(report))
 """
 
 
@@ -455,30 +460,28 @@ def test_a_scaling_run_writes_its_files_and_fits_every_backend_mode_and_tier(tmp
         loaded.plot()
 
 
-@pytest.mark.parametrize("tuning", ["stock", "tuned"])
-@pytest.mark.parametrize("mode", ["eager", "compiled"])
-def test_every_backends_gemm_step_probe_computes_the_floors_products(mode, tuning):
-    """The products the bench times through each framework are the floor's: one m x n result per necessary GEMM,
-    in order (a product with its operands the wrong way round, or one left out, fails here), and the rounds the
-    bench times them over compute the same products again (a loop that fed a round's results or the wrong operands
-    into the next fails here); every backend names its GEMM library."""
+def test_every_backends_gemm_step_probe_computes_the_floors_products():
+    """The products the bench times through each framework are the floor's, in every mode and tier: one m x n result
+    per necessary GEMM, in order (a product with its operands the wrong way round, or one left out, fails here), and
+    the rounds the bench times them over compute the same products again (a loop that fed a round's results or the
+    wrong operands into the next fails here); every backend names its GEMM library. One process per backend, under
+    its own interpreter (MXNet's venv too)."""
     from tests.conftest import backends_under_test, require_backend
 
     expected = [[g["m"], g["n"]] for g in bench_floor.step_gemms((784, 24, 16, 10), 8) if g["necessary"]]
     for name in backends_under_test():
         require_backend(name)
         info = backends.resolve(name)
-        if mode not in info.modes:
-            continue
-        result = subprocess.run([info.interpreter, "-c", PROBE_SCRIPT, name, mode, tuning], capture_output=True,
-                                text=True,
-                                cwd=backends.PROJECT_ROOT, timeout=300,
+        result = subprocess.run([info.interpreter, "-c", PROBE_SCRIPT, name, *info.modes], capture_output=True,
+                                text=True, cwd=backends.PROJECT_ROOT, timeout=600,
                                 env={**os.environ, "PYTHONPATH": str(backends.PROJECT_ROOT)})
         assert result.returncode == 0, (name, result.stderr[-2000:])
-        report = json.loads(result.stdout.strip().splitlines()[-1])
-        assert report["shapes"] == expected, name
-        assert report["rounds_agree"], name
-        assert isinstance(report["library"], str) and report["library"], name
+        reports = json.loads(result.stdout.strip().splitlines()[-1])
+        assert sorted(reports) == sorted(f"{m} {t}" for m in info.modes for t in ("stock", "tuned")), name
+        for which, report in reports.items():
+            assert report["shapes"] == expected, (name, which)
+            assert report["rounds_agree"], (name, which)
+            assert isinstance(report["library"], str) and report["library"], (name, which)
 
 
 def test_every_backend_reports_its_gemm_library_and_rate(tmp_path):

@@ -1,4 +1,5 @@
-"""The parity ladder: every backend, both implementations, against the NumPy float64 oracle.
+"""The parity ladder: every backend, both implementations, against the NumPy float64 oracle (the stock tier here,
+the tuned tier in tests/test_parity_tuned.py).
 
 The rungs live in ``experiments.parity`` (``ladder.cases`` says which rung runs for which backend x impl x mode x
 noise; the rungs measure and return ``Check``s), so that ``python harness.py parity`` runs exactly these checks on a
@@ -18,15 +19,19 @@ import backends
 from backends.contract.spec import TUNINGS
 from experiments.parity import ladder
 from tests.conftest import backends_under_test
+from tests.helpers import assert_rung_holds, ladder_cases
 
-CASES = [case for name in backends_under_test() for case in ladder.cases(name, modes=backends.resolve(name).modes)]
+CASES = ladder_cases("stock")
 
 
 def test_the_ladder_has_every_rung_for_every_mode_and_tier_it_runs_in():
+    every = [case for tuning in TUNINGS for case in ladder_cases(tuning)]
+    whole = [case for name in backends_under_test() for case in ladder.cases(name, modes=backends.resolve(name).modes)]
+    assert sorted(c.id for c in every) == sorted(c.id for c in whole)  # the two files hold the whole ladder
     for name in backends_under_test():
         modes = backends.resolve(name).modes
         for tuning in TUNINGS:
-            mine = [c for c in CASES if c.backend == name and c.tuning == tuning]
+            mine = [c for c in every if c.backend == name and c.tuning == tuning]
             distinct = backends.capabilities(name).distinct_impls
             assert {c.rung for c in mine} == set(ladder.RUNGS) - (set() if distinct else {"concise_scratch"})
             for mode in modes:  # the rungs that go through the modes' own code paths run in every mode
@@ -45,10 +50,7 @@ def test_the_concise_scratch_rung_runs_only_where_the_two_impls_are_different_co
 
 @pytest.mark.parametrize("case", [pytest.param(case, id=case.id) for case in CASES])
 def test_rung(make_backend, fashion, case):
-    checks = case(make_backend, fashion)
-    assert checks, "a rung must measure something"
-    missed = [check.message() for check in checks if not check.passed]
-    assert not missed, f"{case.id}: " + "; ".join(missed)
+    assert_rung_holds(make_backend, fashion, case)
 
 
 def test_sgd_trajectory_names_the_relu_kink_where_every_float32_framework_leaves_the_oracle(make_backend,
