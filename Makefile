@@ -33,7 +33,7 @@ run: setup
 	$(PY) harness.py --backend all --mode all
 
 test: setup
-	HARNESS_REQUIRE_BACKENDS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(TEST_ARGS)
+	HARNESS_REQUIRE_BACKENDS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(TEST_ARGS)
 
 bench: setup
 	$(PY) harness.py bench --backend all --mode all

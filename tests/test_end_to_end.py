@@ -21,9 +21,10 @@ def test_ten_epochs_reach_the_sections_accuracy(name, tmp_path):
     require_backend(name)
     mode = "compiled" if "compiled" in backends.resolve(name).modes else "eager"
     # the tuned tier: the stock tier's every step is held to the oracle by the ladder, and its compiled PyTorch epoch
-    # (torch.compile of the model, the optimizer eager) would cost most of this file's time
+    # (torch.compile of the model, the optimizer eager) would cost most of this file's time. One thread: make test
+    # runs two test processes on two cores, and BLAS threads that outnumber the cores spin.
     result = subprocess.run([sys.executable, "harness.py", "--backend", name, "--mode", mode, "--tuning", "tuned",
-                             "--out", str(tmp_path)],
+                             "--threads", "1", "--out", str(tmp_path)],
                             capture_output=True, text=True, cwd=backends.PROJECT_ROOT, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     with open(tmp_path / "summary.csv") as handle:
