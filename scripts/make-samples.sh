@@ -2,18 +2,21 @@
 # Regenerates docs/samples/, the committed samples of real output that the README's headline points at:
 #   docs/samples/run/    a full training run as `make run` makes it, with three seeds: every backend x mode, the stock
 #                        tier, 10 epochs, seeds 0 1 2 (report.md, its figure, summary.csv, epochs.csv, meta.json)
-#   docs/samples/bench/  a default bench: every backend x mode x tier, in rounds (bench.md, bench.csv, bench.png, the
-#                        per-round and breakdown tables where the bench writes them, meta.json)
+#   docs/samples/bench/  a bench of every backend x mode x tier in 3 rounds, each job one steady epoch of 20,000
+#                        training images and no noise-off twin (bench.md, bench.csv, bench.png, rounds.csv,
+#                        meta.json): the default bench of all five backends takes over an hour on two cores
 #   docs/samples/README.md  what made them, on which machine (the CPU named), how long each took, and the headline
 #                        table in the README's format, read from the two folders
 # Run it from anywhere, on an otherwise idle machine (other load shows up in every timing): it sets up first as
 # `make run` does, then trains and benches, which takes a while (the run has 27 jobs, the bench several rounds of
 # every backend x mode x tier). The full run folders stay under results/samples-<timestamp>/.
 #   scripts/make-samples.sh                  # PYTHON=... to use another interpreter than .venv/bin/python
+#   SAMPLES_WORK=results/samples-<timestamp> scripts/make-samples.sh   # go on in that folder: a step that finished
+#                                                                       # there (its <step>.seconds) is not rerun
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-.venv/bin/python}
-work=results/samples-$(date +%Y%m%d-%H%M%S)
+work=${SAMPLES_WORK:-results/samples-$(date +%Y%m%d-%H%M%S)}
 samples=docs/samples
 
 make setup
@@ -22,17 +25,22 @@ mkdir -p "$work"
 timed() {  # timed NAME COMMAND...: run it, keep its console output, record its wall seconds; stop on failure
   local name=$1 start=$SECONDS status=0
   shift
+  if [ -f "$work/$name.seconds" ]; then
+    echo "== $name: finished before in $work, kept"
+    return 0
+  fi
   echo "== $name: $*"
   "$@" 2>&1 | tee "$work/$name.console.txt" || status=$?
-  echo $((SECONDS - start)) > "$work/$name.seconds"
   if [ "$status" -ne 0 ]; then
     echo "make-samples: $name exited $status; docs/samples/ is left as it was (see $work/)" >&2
     exit "$status"
   fi
+  echo $((SECONDS - start)) > "$work/$name.seconds"
 }
 
 timed run "$py" harness.py --backend all --mode all --tuning stock --epochs 10 --seeds 0 1 2 --out "$work/run"
-timed bench "$py" harness.py bench --out "$work/bench"
+[ -f "$work/bench.seconds" ] || rm -rf "$work/bench"  # a bench cut short begins again
+timed bench "$py" harness.py bench --rounds 3 --repeats 1 --train-limit 20000 --no-noise-off --out "$work/bench"
 
 # Replace the samples only once both runs finished whole.
 rm -rf "$samples/run" "$samples/bench"
@@ -126,9 +134,10 @@ Made by `scripts/make-samples.sh`; rerun it to regenerate them on another machin
 - `run/`: `python harness.py --backend all --mode all --tuning stock --epochs 10 --seeds 0 1 2` (what `make run`
   does, with three seeds): its `report.md`, the learning curves, `summary.csv`, `epochs.csv` and `meta.json`.
   Wall time: {seconds['run'] // 60} min {seconds['run'] % 60} s.
-- `bench/`: `python harness.py bench` (every backend x mode x tier, the default rounds): `bench.md`, `bench.csv`,
-  `bench.png`, the per-round and breakdown tables and `meta.json`. Wall time: {seconds['bench'] // 60} min
-  {seconds['bench'] % 60} s.
+- `bench/`: `python harness.py bench --rounds 3 --repeats 1 --train-limit 20000 --no-noise-off` (every backend x
+  mode x tier, 3 rounds of one steady epoch of 20,000 images each, no noise-off twins: the default bench of all five
+  backends takes over an hour on two cores): `bench.md`, `bench.csv`, `bench.png`, `rounds.csv` and `meta.json`.
+  Wall time: {seconds['bench'] // 60} min {seconds['bench'] % 60} s.
 
 Machine: {cpu}, {meta.get('cpu_count')} cores, {threads} threads per job; Python {meta.get('python')}, NumPy
 {meta.get('numpy')}; {versions}; dropbench {meta.get('dropbench_version')}.
