@@ -3,7 +3,10 @@ cluster of a head and one more node on 127.0.0.1, the harness through it (and on
 which one worker is killed mid-task, one in which the Ray task's own process is killed (it must not be run again),
 one stopped by SIGTERM, then the cluster stopped whatever happened. Writes ``result.json`` to OUT.
 
-KILL_JOB=<job key> python tests/ray_in_namespace.py OUT HARNESS_ARGS...
+The Ray run, the local one and the stopped one take HARNESS_ARGS; the two kill runs take KILL_RUN_ARGS (a JSON
+list; fewer jobs: they test what happens to the killed job and the others, not the numbers).
+
+KILL_JOB=<job key> KILL_RUN_ARGS='[...]' python tests/ray_in_namespace.py OUT HARNESS_ARGS...
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).parent / "ray")
 HEAD_PORT = 6390
-KILL_KEY = os.environ.get("KILL_JOB", "")  # the job whose worker the third run kills
+KILL_KEY = os.environ.get("KILL_JOB", "")  # the job whose worker the kill runs kill
+KILL_RUN_ARGS = json.loads(os.environ.get("KILL_RUN_ARGS", "null"))
 # Token authentication (Ray's default for new clusters): one token of this test's own for every node and driver.
 ENV = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(ROOT), RAY_AUTH_MODE="token",
            RAY_AUTH_TOKEN=secrets.token_hex(32))
@@ -116,6 +120,7 @@ def alive_nodes():
 def main() -> int:
     out = Path(sys.argv[1])
     args = sys.argv[2:]
+    kill_args = KILL_RUN_ARGS if KILL_RUN_ARGS is not None else args
     result = {"netns": os.readlink("/proc/self/ns/net")}
     try:
         for node in NODES:
@@ -126,10 +131,10 @@ def main() -> int:
         address = ["--executor", "ray", "--ray-address", f"127.0.0.1:{HEAD_PORT}"]
         ray_run = harness([*args, *address], out / "ray")
         result["ray"] = finish(ray_run)
-        killed = harness([*args, *address], out / "killed")
+        killed = harness([*kill_args, *address], out / "killed")
         result["killed_worker"] = kill_first_worker(out / "killed", KILL_KEY)
         result["killed"] = finish(killed)
-        task_killed = harness([*args, *address], out / "task-killed")
+        task_killed = harness([*kill_args, *address], out / "task-killed")
         result["killed_task"] = kill_task_and_watch(out / "task-killed", KILL_KEY, task_killed)
         result["task_killed"] = finish(task_killed)
         result["local"] = finish(harness(args, out / "local"))
