@@ -10,7 +10,16 @@ from __future__ import annotations
 import importlib.util
 import os
 
-import numpy as np
+# ``make test`` runs the modules in several processes (pytest-xdist) on a machine of few cores. Each process's own
+# BLAS and OpenMP pools (the float64 oracle's NumPy above all) would take every core, and threads that outnumber the
+# cores spin against the other process's; so each test process's pools take its share of the cores, set here before
+# NumPy is imported. A backend built with a thread count keeps it; the harness's workers get theirs from --threads.
+TEST_THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1))
+if TEST_THREADS < (os.cpu_count() or 1):
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_name, str(TEST_THREADS))
+
+import numpy as np  # noqa: E402  (after the thread variables)
 import pytest
 
 import backends
