@@ -109,7 +109,7 @@ def test_a_floor_measured_without_a_variable_runs_without_it(monkeypatch):
         os.environ.get("OPENBLAS_CORETYPE")
 
 
-def test_the_paragraph_on_openblass_own_kernels_is_there_only_where_the_environment_names_them():
+def test_the_paragraph_on_openblas_own_kernels_is_there_only_where_the_environment_names_them():
     own = {"unset": "OPENBLAS_CORETYPE", "set_to": "Haswell", "blas_line": "OpenBLAS 0.3 (SkylakeX, 1 thread)",
            "floor_seconds": 0.5, "gflops": 120.0, "peak_gflops": 150.0, "ratio_to_floor": 0.8}
     assert bench_output.own_kernels_lines(None) == []

@@ -19,7 +19,9 @@ from tests.test_resume import epoch_numbers, final_numbers
 SMALL = ["--experiment", "long-training", "--backend", "numpy", "--backend", "torch", "--epochs", "2",
          "--train-limit", "2000", "--seeds", "0", "1", "--threads", "1"]
 KILL_JOB = "numpy-stock-concise-eager-cpu-none-seed1"
-KILL_RUNS = [*SMALL[:2], "--backend", "numpy", *SMALL[6:]]  # the kill and SIGTERM runs: NumPy's four jobs
+# The two kill runs: NumPy's four jobs of SMALL (they test what becomes of the killed job and the rest).
+KILL_RUNS = ["--experiment", "long-training", "--backend", "numpy", "--epochs", "2", "--train-limit", "2000",
+             "--seeds", "0", "1", "--threads", "1"]
 
 
 def test_two_local_jobs_at_once_give_the_numbers_of_one_at_a_time(tmp_path):
