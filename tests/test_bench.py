@@ -2,7 +2,7 @@
 and its numbers are sane.
 
 Timings are never compared with thresholds here: only what must hold whatever the machine's load (positive times,
-a round's ratio = its steady median / the floor measured right before it, the medians over the rounds and their
+a round's ratio = its steady median / the floor timed beside its steady epochs, the medians over the rounds and their
 intervals taken from those rows, a harness share in [0, 1)).
 """
 import json
@@ -280,9 +280,9 @@ def test_numpy_bench_numbers_are_sane(numpy_bench):
     meta = json.loads((out / "meta.json").read_text())
     floor = meta["floor"]
     beside = {m["when"]: m["step_seconds"] for m in floor["measurements"]}
-    assert len(beside) == 2 * ROUNDS  # one right before each job, none before a noise-off twin
+    assert len(beside) == 2 * ROUNDS  # one beside each job, none beside a noise-off twin
     epochs = read_csv(out / "epochs.csv")
-    for r in per_round:  # a round's row: its own epochs, against the floor measured right before it
+    for r in per_round:  # a round's row: its own epochs, against the floor timed beside them
         number = {k: float(r[k]) for k in r if k not in TEXT and r[k] != ""}
         mine = [float(e["epoch_seconds"]) for e in epochs if (e["round"], e["tuning"], e["variant"]) ==
                 (r["round"], r["tuning"], "d2l")]
@@ -292,8 +292,8 @@ def test_numpy_bench_numbers_are_sane(numpy_bench):
         assert number["steady_median_seconds"] == pytest.approx(sum(mine[1:]) / 2, rel=1e-12)
         assert number["noise_off_seconds"] == pytest.approx(sum(twin[1:]) / 2, rel=1e-12)
         assert number["noise_seconds"] == pytest.approx(number["steady_median_seconds"] - number["noise_off_seconds"])
-        assert r["floor_when"] == "before the job"
-        step = beside[f"round {r['round']}, before numpy eager {r['tuning']}"]
+        assert r["floor_when"] == "beside the job"
+        step = beside[f"round {r['round']}, beside numpy eager {r['tuning']}"]
         assert number["floor_seconds"] == pytest.approx(2000 / 256 * step, rel=1e-12)
         assert number["ratio_to_floor"] == pytest.approx(number["steady_median_seconds"] / number["floor_seconds"],
                                                          rel=1e-12)
@@ -325,7 +325,9 @@ def test_numpy_bench_numbers_are_sane(numpy_bench):
     assert floor["step_seconds_full"] == pytest.approx(sum(g["median_seconds"] for g in floor["gemms"]), rel=1e-12)
     assert floor["peak_gflops"] > 0 and len(floor["peak_samples"]) == 2 * ROUNDS * bench_floor.PEAK_CALLS
     assert all(g["best_seconds"] <= g["median_seconds"] for g in floor["gemms"])
-    assert all(len(g["samples"]) == floor["rounds"] == 2 * ROUNDS * bench_floor.FLOOR_ROUNDS for g in floor["gemms"])
+    passes = 2 + 1  # one right before each steady epoch, one after the last
+    assert all(len(g["samples"]) == floor["rounds"] == 2 * ROUNDS * passes * bench_floor.PASS_ROUNDS
+               for g in floor["gemms"])
     parts = {p["tuning"]: p for p in read_csv(out / "breakdown.csv")}
     assert sorted(parts) == ["stock", "tuned"]
     for p in read_csv(out / "breakdown_rounds.csv"):  # every round's parts add up to its epoch

@@ -69,22 +69,28 @@ def test_a_round_runs_every_job_once_in_shuffled_blocks_of_one_backend_and_mode(
         [[j.key for j in order] for order in orders]  # the seed gives the orders back
 
 
-def test_the_floor_is_measured_right_before_each_job_but_not_before_a_noise_off_twin():
-    calls = []
+def test_a_jobs_floor_pools_the_passes_timed_beside_it_and_a_failed_pass_is_said_not_hidden():
+    from experiments.bench.floor import PASS_ROUNDS, step_gemms
 
-    def measure(**kwargs):
-        calls.append(kwargs)
-        return {"step_seconds": float(len(calls))}
-
-    floors = rounds.Floors(threads=1, sizes=(784, 8, 10), batch=16, measure=measure)
-    hook = floors.hook(2)
-    main, twin = job("numpy", "eager", "tuned"), job("numpy", "eager", "tuned", rounds.NOISE_OFF)
-    hook(twin)
-    hook(main)
-    hook(None)  # after the round's last job: nothing more to take
-    assert len(calls) == 1 and calls[0] == {"threads": 1, "sizes": (784, 8, 10), "batch": 16}
-    assert floors.beside == {(2, main.key): {"step_seconds": 1.0}}
-    assert floors.labels == ["round 2, before numpy eager tuned"]
+    floors = rounds.Floors(threads=1, sizes=(784, 8, 10), batch=16)
+    gemms = step_gemms((784, 8, 10), 16)
+    opened = {"peak_samples": [2e9, 1e9, 3e9], "numpy": "2.0", "blas": {}, "environment": {}, "interpreter": "py"}
+    passes = [{"event": "floor", "when": "before epoch 2", "samples": [[1.0] * PASS_ROUNDS] * len(gemms)},
+              {"event": "floor", "when": "before epoch 3", "samples": [[3.0] * PASS_ROUNDS] * len(gemms)},
+              {"event": "floor", "when": "after epoch 3", "error": "the floor beside the job failed: boom"}]
+    main, other = job("numpy", "eager", "tuned"), job("numpy", "eager", "stock")
+    floors.record(2, main, opened, passes)
+    floors.record(2, other, {"error": "the floor beside the job could not start: no python"}, [])
+    floor = floors.beside[(2, main.key)]
+    necessary = sum(g["necessary"] for g in gemms)
+    assert floor["step_seconds"] == 2.0 * necessary  # each product's median over both passes' rounds
+    assert floor["passes"] == 2 and floor["rounds"] == 2 * PASS_ROUNDS and floor["peak_gflops"] == 2.0
+    assert floor["threads"] == 1 and floor["interpreter"] == "py"
+    assert floors.beside[(2, other.key)] is None  # its row takes the pooled floor, and says so
+    assert floors.labels == ["round 2, beside numpy eager tuned", "round 2, beside numpy eager stock"]
+    assert floors.errors == ["the floor beside the job failed: boom",
+                             "the floor beside the job could not start: no python"]
+    assert floors.any()
 
 
 def round_row(tuning, number, steady, floor, **extra):

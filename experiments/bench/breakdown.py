@@ -3,7 +3,7 @@ taken in every round and reported as the median over the rounds with its interva
 
     epoch = floor + noise + fixed + rest  (in each round)
 
-- floor: the necessary GEMMs at NumPy's BLAS rate, measured right before the job (``experiments.bench.floor``);
+- floor: the necessary GEMMs at NumPy's BLAS rate, timed beside the job's steady epochs (``experiments.bench.floor``);
 - noise: the job against its noise-off twin (dropout (0, 0)) of the same round: their steady epochs' difference;
 - fixed: t0 x steps, t0 from the scaling fit of that round (``experiments.bench.scaling``), when the run had several
   sizes; otherwise not measured (0 in the sum, said so in the table);
@@ -136,7 +136,7 @@ def breakdown_lines(parts: list[dict[str, Any]], batch: int, peak: float | None)
         return [f"## Where the time goes (batch {batch})", "", "No job has a steady time and a floor to split.", ""]
     lines = [f"## Where the time goes (batch {batch})", "",
              "epoch = floor + noise + fixed + rest in every round; each part is the median over the rounds, in "
-             "seconds per steady epoch, [its interval] (share of the epoch). floor: measured right before the job; "
+             "seconds per steady epoch, [its interval] (share of the epoch). floor: timed beside the job's steady epochs; "
              "noise: the same job with dropout (0, 0) in the same round, against on; fixed: t0 x steps from the "
              "scaling fit of that round (only a run over several `--batch-sizes` measures it); rest: the remainder "
              "by construction (the framework's GEMMs above the floor's rate, elementwise work). `within noise`: the "

@@ -20,11 +20,15 @@ gradient with respect to the images feeds nothing, and no framework computes it.
 Elementwise work (bias, ReLU, dropout, softmax, the SGD update) is not counted: the floor is the dense algebra
 alone, at the rate this machine's NumPy BLAS reaches on exactly these shapes. Each GEMM is timed as
 ``numpy.matmul(a, b, out=c)`` on float32 operands laid out as a framework has them (the transposed operands are
-transposed views, which BLAS reads with its transpose flag), in interleaved timing passes (``FLOOR_ROUNDS``); a
-shape's time is the MEDIAN over the passes (the best is recorded too), the statistic of the jobs' steady epoch time.
-The floor is measured right before every job, and each job's ratio is taken against its own measurement (the bench's
-rounds, ``experiments.bench.rounds``); the passes of all measurements are also pooled (``pool_floors``) into the
-run's floor.
+transposed views, which BLAS reads with its transpose flag), in interleaved timing rounds; a shape's time is the
+MEDIAN over the rounds (the best is recorded too), the statistic of the jobs' steady epoch time.
+
+In a bench the floor is timed beside every job's steady epochs: the job's worker keeps a floor process of its own
+(``serve``, ``experiments.bench.floor_beside``) that times one pass of ``PASS_ROUNDS`` rounds right before each
+steady epoch and one after the last, while the job waits; the job's floor pools its passes
+(``floor_from_passes``), and its ratio is taken against it (the bench's rounds, ``experiments.bench.rounds``). The
+measurements of all jobs are also pooled (``pool_floors``) into the run's floor. A floor of its own, in a fresh
+process (``measure_floor``, ``FLOOR_ROUNDS`` rounds), is measured only where no job timed one.
 
 The same process times a large square float32 product (``PEAK_SIZE``) as the machine's peak GEMM rate
 (``peak_gflops``, median over the pooled calls); the floor's efficiency is its rate over that peak.
@@ -50,6 +54,10 @@ FLOOR_ROUNDS = 9  # interleaved timing rounds per GEMM shape
 FLOOR_CALLS = 40  # calls per shape per round
 PEAK_SIZE = 2048  # the square product timed as the machine's peak (17 GFLOP a call)
 PEAK_CALLS = 3  # timed calls per measurement, after one warm-up call
+PASS_ROUNDS = 3  # timing rounds per GEMM in one pass beside a job's epoch
+PASS_CALLS = 20  # calls per shape per round of such a pass
+PASS_WARM_UP_CALLS = 5  # untimed calls per shape before a pass: its threads slept while the job trained
+PARK_SECONDS = 0.25  # idle time on each side of a pass, so that neither process's thread pool still spins
 BLAS_ENVIRONMENT = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_VERBOSE", "OMP_NUM_THREADS",
                     "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -85,10 +93,8 @@ def epoch_flops(sizes: Sequence[int], n_train: int, *, full: bool = False) -> in
     return step_flops(sizes, 1, full=full) * n_train
 
 
-def _floor_worker(sizes: Sequence[int], batch: int, rounds: int, calls: int) -> dict[str, Any]:
-    """Runs in the floor subprocess, whose thread variables were set before this import of NumPy."""
-    import numpy as np
-
+def _operands(np, sizes: Sequence[int], batch: int) -> tuple[list[dict[str, Any]], list[tuple[Any, Any, Any]]]:
+    """The step's GEMMs and, for each, its operands laid out as a framework holds them, and its output."""
     rng = np.random.default_rng(0)
     gemms = step_gemms(sizes, batch)
     operands = []
@@ -96,10 +102,16 @@ def _floor_worker(sizes: Sequence[int], batch: int, rounds: int, calls: int) -> 
         a, b = (rng.standard_normal(shape, dtype=np.float32) for shape in held_operand_shapes(gemm))
         operands.append((a.T if gemm["ta"] else a, b.T if gemm["tb"] else b,
                          np.empty((gemm["m"], gemm["n"]), np.float32)))
-    for a, b, c in operands:  # warm up: thread pool, caches, page faults
-        for _ in range(calls):
+    return gemms, operands
+
+
+def _timing_passes(np, operands, rounds: int, calls: int, warm_up_calls: int) -> list[list[float]]:
+    """Seconds per call of each GEMM, one sample per round, after ``warm_up_calls`` untimed calls of each (the
+    thread pool, the caches, page faults)."""
+    for a, b, c in operands:
+        for _ in range(warm_up_calls):
             np.matmul(a, b, out=c)
-    times: list[list[float]] = [[] for _ in gemms]
+    times: list[list[float]] = [[] for _ in operands]
     clock = time.perf_counter
     for _ in range(rounds):
         for i, (a, b, c) in enumerate(operands):
@@ -107,11 +119,23 @@ def _floor_worker(sizes: Sequence[int], batch: int, rounds: int, calls: int) -> 
             for _ in range(calls):
                 np.matmul(a, b, out=c)
             times[i].append((clock() - start) / calls)
-    for gemm, samples in zip(gemms, times):
+    return times
+
+
+def _floor_worker(sizes: Sequence[int], batch: int, rounds: int, calls: int) -> dict[str, Any]:
+    """Runs in the floor subprocess, whose thread variables were set before this import of NumPy."""
+    import numpy as np
+
+    gemms, operands = _operands(np, sizes, batch)
+    for gemm, samples in zip(gemms, _timing_passes(np, operands, rounds, calls, calls)):
         gemm["samples"] = samples
     assert step_flops(sizes, batch) == sum(g["flops"] for g in gemms if g["necessary"])
     return {**_summarize(gemms, _peak_samples(np)), "rounds": rounds, "calls_per_round": calls,
-            "numpy": np.__version__, "blas": _blas_info(np), "batch": batch, "sizes": list(sizes),
+            **_library(np, sizes, batch)}
+
+
+def _library(np, sizes: Sequence[int], batch: int) -> dict[str, Any]:
+    return {"numpy": np.__version__, "blas": _blas_info(np), "batch": batch, "sizes": list(sizes),
             "environment": {name: os.environ.get(name) for name in BLAS_ENVIRONMENT}}
 
 
@@ -154,10 +178,10 @@ def _summarize(gemms: list[dict[str, Any]], peak_rates: Sequence[float] = ()) ->
 
 
 def pool_floors(measurements: Sequence[dict[str, Any] | None], labels: Sequence[str]) -> dict[str, Any] | None:
-    """One floor from several measurements of it (None: a measurement that failed): their timing passes pooled per
+    """One floor from several measurements of it (None: a measurement that failed): their timing rounds pooled per
     GEMM.
 
-    Each job's ratio is taken against the measurement right before it (``experiments.bench.rounds``); this pooled
+    Each job's ratio is taken against the floor timed beside it (``experiments.bench.rounds``); this pooled
     floor, the median over every measurement's passes, spans the whole run: ``bench.md``'s floor section, the
     fallback of a job whose own measurement failed, and the machine's drift. Each measurement's own step time is
     kept (``measurements``) with ``drift``, the spread between the slowest and the fastest."""
@@ -267,6 +291,68 @@ def vector_isa(cpuinfo: str | None = None) -> str:
     return "unknown"
 
 
+def floor_from_passes(sizes: Sequence[int], batch: int, opened: dict[str, Any],
+                      passes: Sequence[Sequence[Sequence[float]]]) -> dict[str, Any] | None:
+    """One job's floor from the passes its floor process timed beside its steady epochs: each GEMM's samples pooled
+    over the passes, the peak from ``opened`` (what the process reported when it opened); None without a pass."""
+    if not passes:
+        return None
+    gemms = step_gemms(sizes, batch)
+    for i, gemm in enumerate(gemms):
+        gemm["samples"] = [x for samples in passes for x in samples[i]]
+    library = {name: opened.get(name) for name in ("numpy", "blas", "environment", "interpreter")}
+    return {**_summarize(gemms, opened.get("peak_samples") or ()), "rounds": PASS_ROUNDS * len(passes),
+            "calls_per_round": PASS_CALLS, "passes": len(passes), "batch": batch, "sizes": list(sizes), **library}
+
+
+def serve(lines, write) -> None:
+    """The floor's process beside one job (``--serve``), started by the job's worker under this project's own
+    interpreter and kept for the job's life: the first line names the shapes; then each line asks for ``peak`` or a
+    ``pass``, and each reply is one JSON object. The worker waits while a pass runs, and this process waits (on its
+    input) while the job trains: no timing ever shares the machine with the other. A pass begins and ends with
+    ``PARK_SECONDS`` of idleness, so that the thread pool of whichever process ran last has stopped spinning
+    before the other's timing starts."""
+    import numpy as np
+
+    request = json.loads(next(lines))
+    sizes, batch = request["sizes"], request["batch"]
+    _, operands = _operands(np, sizes, batch)
+    write({**_library(np, sizes, batch), "interpreter": sys.executable})
+    for line in lines:
+        time.sleep(PARK_SECONDS)
+        if line.strip() == "peak":
+            reply: dict[str, Any] = {"peak_samples": _peak_samples(np)}
+        elif line.strip() == "pass":
+            reply = {"samples": _timing_passes(np, operands, PASS_ROUNDS, PASS_CALLS, PASS_WARM_UP_CALLS)}
+        else:
+            reply = {"error": f"unknown request {line.strip()!r}"}
+        time.sleep(PARK_SECONDS)
+        write(reply)
+
+
+def _exit_with_parent() -> None:
+    """A floor process whose worker is gone (killed mid-request) exits instead of timing on."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 if __name__ == "__main__":  # the floor's own process: thread variables set before NumPy is imported
-    request = json.loads(sys.stdin.read())
-    print(json.dumps(_floor_worker(request["sizes"], request["batch"], request["rounds"], request["calls"])))
+    if sys.argv[1:] == ["--serve"]:
+        _exit_with_parent()
+
+        def _write(reply: dict[str, Any]) -> None:
+            sys.stdout.write(json.dumps(reply) + "\n")
+            sys.stdout.flush()
+
+        serve(iter(sys.stdin.readline, ""), _write)
+    else:
+        request = json.loads(sys.stdin.read())
+        print(json.dumps(_floor_worker(request["sizes"], request["batch"], request["rounds"], request["calls"])))

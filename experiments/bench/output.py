@@ -148,13 +148,13 @@ def floor_summary(floor: dict[str, Any] | None, n_train: int, batch: int, sizes:
         return "floor: not measured"
     steps = n_train / batch
     each = [m["step_seconds"] * steps for m in floor.get("measurements", ())]
-    spread = (f"; pooled from {len(each)} measurements, one right before each job, {min(each):.3f} to "
+    spread = (f"; pooled from {len(each)} measurements, one beside each job's steady epochs, {min(each):.3f} to "
               f"{max(each):.3f} s" if len(each) > 1 else "")
     peak = (f"; peak sgemm {floor['peak_gflops']:.0f} GFLOP/s ({PEAK_SIZE}^2), the floor at {floor['efficiency']:.0%}"
             " of it" if floor.get("peak_gflops") else "")
     return (f"necessary floor: {floor_seconds(floor, n_train, batch):.3f} s/epoch = {steps:.2f} steps x "
             f"{floor['step_seconds'] * 1e3:.3f} ms of GEMMs per step ({floor['gflops']:.0f} GFLOP/s on the model's "
-            f"shapes, median of {floor['rounds']} timing passes; {epoch_flops(sizes, n_train) / 1e9:.1f} GFLOP per "
+            f"shapes, median of {floor['rounds']} timing rounds; {epoch_flops(sizes, n_train) / 1e9:.1f} GFLOP per "
             "epoch); "
             f"full 9-GEMM count: {floor_seconds(floor, n_train, batch, full=True):.3f} s/epoch" + peak + spread)
 
@@ -168,12 +168,12 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any],
              f"job)", "", f"Machine: {machine_line(meta, floor)}", "",
              f"Command: `{meta.get('command')}`; started {meta.get('started')}", "",
              f"Every backend x mode x tier ran once a round, in a fresh worker process, in an order shuffled per "
-             f"round (seed {bench.get('order_seed')}; the orders are in `meta.json`), with the floor measured right "
-             "before it. A figure is the median over the rounds of that round's figure, and [low, high] the 95 % "
+             f"round (seed {bench.get('order_seed')}; the orders are in `meta.json`), with the floor timed beside "
+             "its steady epochs. A figure is the median over the rounds of that round's figure, and [low, high] the 95 % "
              "bootstrap interval of that median (the range of the rounds with five rounds or fewer); "
              "`docs/bench.md` explains the method.", "",
              "## Two tiers", "",
-             "`x floor`: a round's steady epoch / the floor measured right before that job; `gain`: stock steady / "
+             "`x floor`: a round's steady epoch / the floor timed beside that job's steady epochs; `gain`: stock steady / "
              "tuned steady of the same backend x mode in the same round (above 1: the tuned tier is faster). "
              "The verdict names a faster tier only where the gain's interval excludes 1.", "",
              *two_tier_table(rows, markdown=True), "",
@@ -221,7 +221,7 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any],
         lines += ["", f"One step: {floor['step_seconds'] * 1e3:.3f} ms median ({floor['gflops']:.0f} GFLOP/s), "
                       f"{floor['step_seconds_best'] * 1e3:.3f} ms best ({floor['gflops_best']:.0f} GFLOP/s), over "
                       f"every measurement; all nine: {floor['step_seconds_full'] * 1e3:.3f} ms.{peak} "
-                      "Each measurement (one right before each job; a job's ratio is taken against its own):", "",
+                      "Each measurement (one beside each job's steady epochs; a job's ratio is taken against its own):", "",
                   "| when | floor s/epoch |", "| --- | ---: |"]
         lines += [f"| {m['when']} | {m['step_seconds'] * n_train / batch:.3f} |" for m in floor["measurements"]]
     else:

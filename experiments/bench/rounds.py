@@ -1,4 +1,4 @@
-"""The bench's rounds: the order a round runs its jobs in, and the floor measured right before each job.
+"""The bench's rounds: the order a round runs its jobs in, and the floor timed beside each job's steady epochs.
 
 A round runs every selected backend x mode x tier once (each job in a fresh worker process, as every round does),
 with its noise-off twin where the breakdown needs one. The order is shuffled per round from a recorded seed, in
@@ -16,7 +16,7 @@ import subprocess
 import sys
 from typing import Any, Callable, Sequence
 
-from experiments.bench.floor import measure_floor
+from experiments.bench.floor import floor_from_passes, measure_floor
 from experiments.running.plan import Job
 
 NOISE_OFF = "noise-off"  # the variant with dropout (0, 0), for the breakdown's noise
@@ -45,8 +45,10 @@ def job_label(job: Job) -> str:
 
 
 class Floors:
-    """The floor measured right before each job of a round (none before a noise-off twin: no ratio is taken of it),
-    kept by (round, job key), with every measurement in order for the pooled floor."""
+    """The floor of each job of a round, timed beside its steady epochs by its worker's floor process
+    (``experiments.bench.floor_beside``; none beside a noise-off twin: no ratio is taken of it), kept by
+    (round, job key), with every measurement in order for the pooled floor. Where no job timed one (no job ran, or
+    every floor process failed), the bench takes one measurement of its own in a fresh process (``take``)."""
 
     def __init__(self, *, threads: int, sizes: Sequence[int], batch: int,
                  measure: Callable[..., dict[str, Any]] = measure_floor) -> None:
@@ -55,6 +57,21 @@ class Floors:
         self.measured: list[dict[str, Any] | None] = []
         self.labels: list[str] = []
         self.errors: list[str] = []
+
+    def record(self, round_: int, job: Job, opened: dict[str, Any] | None, passes: Sequence[dict[str, Any]]) -> None:
+        """The floor of ``job`` in round ``round_`` from its worker's ``floor`` events (``passes``) and what its
+        floor process reported when it opened (``opened``, in the job's ``start`` event)."""
+        opened = opened or {}
+        errors = [e for e in [opened.get("error")] + [p.get("error") for p in passes] if e]
+        floor = floor_from_passes(self.sizes, self.batch, opened, [p["samples"] for p in passes if "samples" in p])
+        if floor is not None:
+            floor["threads"] = self.threads
+        for error in dict.fromkeys(errors):
+            self.errors.append(error)
+            print(f"warning: round {round_}, {job_label(job)}: {error}", file=sys.stderr)
+        self.beside[(round_, job.key)] = floor
+        self.measured.append(floor)
+        self.labels.append(f"round {round_}, beside {job_label(job)}")
 
     def take(self, label: str) -> dict[str, Any] | None:
         print(f"floor: timing the step's GEMMs with NumPy's BLAS ({self.threads} threads, batch {self.batch}), "
@@ -68,13 +85,6 @@ class Floors:
         self.measured.append(floor)
         self.labels.append(label)
         return floor
-
-    def hook(self, round_: int) -> Callable[[Job | None], None]:
-        """The runner's ``between_jobs`` for round ``round_``."""
-        def between_jobs(job: Job | None) -> None:
-            if job is not None and job.variant != NOISE_OFF:
-                self.beside[(round_, job.key)] = self.take(f"round {round_}, before {job_label(job)}")
-        return between_jobs
 
     def any(self) -> bool:
         return any(m is not None for m in self.measured)

@@ -1,5 +1,5 @@
 """The bench's rows: one per backend x mode x tier x round (``rounds.csv``), from the job's summary, its epochs and
-the worker's timings of its own work, against the floor measured right before the job; and one per backend x mode x
+the worker's timings of its own work, against the floor timed beside the job's steady epochs; and one per backend x mode x
 tier over the rounds (``bench.csv``): the median over the rounds with its bootstrap interval
 (``experiments.bench.intervals``), and the tuning gain (stock / tuned steady epoch, taken within each round)."""
 from __future__ import annotations
@@ -49,11 +49,14 @@ class EventLog:
         self.epochs: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         self.timings: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         self.starts: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.floors: dict[tuple[str, str, str], list[dict[str, Any]]] = {}  # the passes timed beside the epochs
 
     def __call__(self, job, event: dict[str, Any], process) -> None:
         key = (job.backend, job.train.mode, job.train.tuning, job.variant)
         if event.get("event") == "start":
             self.starts[key] = event
+        elif event.get("event") == "floor":
+            self.floors.setdefault(key, []).append(event)
         elif event.get("event") == "epoch":
             self.epochs.setdefault(key, []).append(event)
         elif event.get("event") == "bench":
@@ -75,7 +78,7 @@ def harness_parts(epoch: dict[str, Any], timing: dict[str, Any]) -> tuple[float,
 def bench_row(*, backend: str, mode: str, tuning: str, device: str, threads: int, summary: dict[str, Any] | None,
               epochs: list[dict[str, Any]], timings: list[dict[str, Any]], floor: float | None,
               batch: int, start: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One job of one round; ``floor``: the floor's seconds per epoch measured right before it."""
+    """One job of one round; ``floor``: the floor's seconds per epoch, timed beside its steady epochs."""
     row: dict[str, Any] = {"backend": backend, "mode": mode, "tuning": tuning, "device": device, "threads": threads,
                            "batch_size": batch, "floor_seconds": floor}
     gemm = (start or {}).get("gemm") or {}

@@ -1,5 +1,5 @@
 """One batch size of the bench: its rounds, each running every backend x mode x tier (and the noise-off twins) through
-the runner in a shuffled order (``experiments.bench.rounds``), with the floor measured right before each job.
+the runner in a shuffled order (``experiments.bench.rounds``), with the floor timed beside each job's steady epochs.
 
 Each round is a run folder of its own (``round-<r>/``: its ``epochs.csv``, ``summary.csv``, ``meta.json`` and
 ``logs/``). ``run_size`` writes, in the size's folder, ``rounds.csv`` (a row per backend x mode x tier x round),
@@ -157,16 +157,19 @@ def _run_round(args, argv, number: int, *, experiment, order, out: Path, floors:
     where = out / f"round-{number}"
     print(f"bench: round {number} of {args.rounds}: {', '.join(job_label(j) for j in order)}", file=sys.stderr)
     options = RunOptions(data_dir=args.data_dir, out_dir=where, threads=args.threads,
-                         job_timeout=args.job_timeout, bench_timing=True, executor=args.executor,
-                         ray_address=args.ray_address, all_cpus_of_node=on_ray)
+                         job_timeout=args.job_timeout, bench_timing=True, floor_variants=(MAIN,),
+                         executor=args.executor, ray_address=args.ray_address, all_cpus_of_node=on_ray)
     decisions = resume.plan(order, where, data_dir=args.data_dir, threads=args.threads, resume=False,
                             force=False)
     log, interrupted = EventLog(), None
     try:
-        finished = run_experiment(experiment, options, argv=argv, on_event=log,
-                                  between_jobs=floors.hook(number), decisions=decisions)
+        finished = run_experiment(experiment, options, argv=argv, on_event=log, decisions=decisions)
     except RunInterrupted as stop:  # the tables are still written, for the jobs that finished
         interrupted, finished = stop, stop.rows
+    for job in order:
+        key = (job.backend, job.train.mode, job.train.tuning, job.variant)
+        if job.variant == MAIN and (key in log.floors or key in log.starts):
+            floors.record(number, job, log.starts.get(key, {}).get("floor"), log.floors.get(key, []))
     summaries = {(s["backend"], s["mode"], s["tuning"], s["variant"]): s for s in finished}
     tables = {name: [{"round": number, **row} for row in rows] for name, rows in load_tables(where).items()}
     tables["timings"] = [{"round": number, "backend": name, "mode": mode, "tuning": tuning, "variant": variant,
@@ -179,8 +182,8 @@ def _run_round(args, argv, number: int, *, experiment, order, out: Path, floors:
 
 def _round_rows(args, done: list[_Round], runnable, tunings, *, floors: Floors, pooled, batch: int,
                 n_train: int, noise_off: bool) -> list[dict[str, Any]]:
-    """A row per backend x mode x tier of every round that ran, against the floor measured right before it (the
-    pooled floor where that measurement failed), with the noise-off twin's time and the round's gain."""
+    """A row per backend x mode x tier of every round that ran, against the floor timed beside its steady epochs
+    (the pooled floor where that failed), with the noise-off twin's time and the round's gain."""
     rows = []
     for r in done:
         position = {job.key: i for i, job in enumerate(r.order, start=1)}
@@ -197,7 +200,7 @@ def _round_rows(args, done: list[_Round], runnable, tunings, *, floors: Floors, 
                                 floor=floor_seconds(floor, n, batch) if floor else None, batch=batch,
                                 start=r.log.starts.get(key))
                 row.update(round=r.number, position=position[job.key],
-                           floor_when="before the job" if beside else ("pooled" if floor else None))
+                           floor_when="beside the job" if beside else ("pooled" if floor else None))
                 if floor:
                     row.update(floor_full_seconds=floor_seconds(floor, n, batch, full=True),
                                peak_gflops=floor.get("peak_gflops"), floor_efficiency=floor.get("efficiency"))

@@ -41,6 +41,7 @@ class RunOptions:
     job_timeout: float = 900.0
     progress: bool = True
     bench_timing: bool = False  # workers also report the harness's own per-epoch work ("bench" events)
+    floor_variants: tuple[str, ...] = ()  # jobs of these variants time the bench's floor beside their epochs
     jobs: int = 1  # local executor: workers at once
     executor: str = "local"
     ray_address: str | None = None  # ray executor: a running cluster; None starts a local Ray for the run
@@ -128,6 +129,8 @@ def _launch(job: Job, folder: RunFolder, options: RunOptions) -> Launch:
     request = {"job": job.to_dict(), "data_dir": str(options.data_dir), "threads": options.threads}
     if options.bench_timing:
         request["bench_timing"] = True
+    if job.variant in options.floor_variants:
+        request["floor_beside"] = True
     return Launch(backend=job.backend, request=request, threads=options.threads, gpu=job.train.device == "gpu",
                   label=f"{folder.path}/{job.key}", log_path=folder.log_path(job))
 
@@ -160,13 +163,9 @@ class _Signals:
 
 def run_experiment(experiment: Experiment, options: RunOptions, *, argv: list[str] | None = None,
                    on_event: EventHook | None = None,
-                   between_jobs: Callable[[Job | None], None] | None = None,
                    decisions: list[resume.Decision] | None = None) -> list[dict[str, Any]]:
     """Run every job of the experiment that is not reused; returns the summary rows (also in ``summary.csv``),
-    reused ones first.
-
-    ``between_jobs(job)`` runs before each job is started and once more with None after the last (the bench times
-    its floor there; it refuses more than one job at a time, so no worker is alive then)."""
+    reused ones first."""
     jobs = experiment.jobs(lambda name: registry.resolve(name).modes)
     # One harness per run folder (``experiments.running.lock``): a second one is refused here, before anything is
     # started.
@@ -175,14 +174,13 @@ def run_experiment(experiment: Experiment, options: RunOptions, *, argv: list[st
         # are taken over: ray.init installs its own SIGTERM handler.
         executor = make_executor(options)
         try:
-            return _run(experiment, jobs, options, executor, argv, on_event, between_jobs, decisions)
+            return _run(experiment, jobs, options, executor, argv, on_event, decisions)
         finally:
             executor.shutdown()
 
 
 def _run(experiment: Experiment, jobs: list[Job], options: RunOptions, executor: Executor, argv: list[str] | None,
-         on_event: EventHook | None, between_jobs: Callable[[Job | None], None] | None,
-         decisions: list[resume.Decision] | None) -> list[dict[str, Any]]:
+         on_event: EventHook | None, decisions: list[resume.Decision] | None) -> list[dict[str, Any]]:
     if decisions is None:
         decisions = resume.plan(jobs, options.out_dir, data_dir=options.data_dir, threads=options.threads,
                                 resume=options.resume, force=options.force)
@@ -232,8 +230,6 @@ def _run(experiment: Experiment, jobs: list[Job], options: RunOptions, executor:
                         record.error = registry.unavailable_reason(decision.job.backend)
                         finish(record, "unavailable")
                         continue
-                    if between_jobs is not None:
-                        between_jobs(decision.job)
                     running[index] = record
                     progress.update(index, decision.job, "starting")
                     record.submitted = record.last_event = time.monotonic()
@@ -260,8 +256,6 @@ def _run(experiment: Experiment, jobs: list[Job], options: RunOptions, executor:
                     del running[slot]
                     finish(record)
                     _count_concurrency(running, record.host)
-            if between_jobs is not None:
-                between_jobs(None)
         except Interrupted as stop:
             signals.hold()
             executor.shutdown()  # first: no worker may outlive the harness, whatever happens next

@@ -22,6 +22,7 @@ from backends import registry
 from backends.contract import EpochBatches, Stopwatch, shared_init
 from backends.remote import wire
 from experiments import data as data_module
+from experiments.bench.floor_beside import FloorBeside
 from experiments.bench.probes import TimedEpochBatches, gemm_rate, gemm_step_rate, noise_rate
 from experiments.exercises import probes as probe_module
 from experiments.running.plan import Job
@@ -46,6 +47,7 @@ def check_finite(epoch: int, **values: float) -> None:
 
 def run_job(job_data: dict[str, Any], emit: Emit) -> None:
     started = time.perf_counter()
+    environment = dict(os.environ)  # as the runner set it, before a framework's import can change it
     job = Job.from_dict(job_data["job"])
     threads = int(job_data.get("threads") or 0) or None
 
@@ -74,17 +76,36 @@ def run_job(job_data: dict[str, Any], emit: Emit) -> None:
         start["gemm_step"] = gemm_step_rate(probes, backend, job.model.layer_sizes, job.train.batch_size)
         if job.model.noise == "dropout" and any(0 < p < 1 for p in job.model.dropouts):
             start["noise"] = noise_rate(probes, backend, job.train.batch_size)
+    floor = None
+    if job_data.get("floor_beside"):  # under the project's interpreter, named by the process that started this one
+        floor = FloorBeside(job_data.get("project_interpreter", ""), sizes=job.model.layer_sizes, batch=job.train.batch_size,
+                            environment=environment)
+        start["floor"] = floor.opened if floor.error is None else {"error": floor.error}
     emit(start)
+    try:
+        train_epochs(job, backend, dataset, active_probes, emit, bench_timing=bool(job_data.get("bench_timing")),
+                     floor=floor)
+    finally:
+        if floor is not None:
+            floor.close()
+    emit({"event": "done", "peak_rss_mb": peak_rss_mb(), "threads": threads,
+          "total_seconds": time.perf_counter() - started})
 
+
+def train_epochs(job: Job, backend, dataset, active_probes, emit: Emit, *, bench_timing: bool,
+                 floor: FloorBeside | None) -> None:
+    """Every epoch of the job with its evaluation and its probes; with ``floor``, a pass of the floor right before
+    each steady epoch (epochs 2..E) and one after the last."""
     for probe in active_probes:
         for table, row in probe.on_epoch(backend=backend, data=dataset, epoch=0, job=job):
             emit({"event": "record", "table": table, "row": row})
     n_train = len(dataset.train_y)
     # Bench timing (``python harness.py bench``): the harness's own work per epoch is measured apart from the
     # backend's, and reported in one extra "bench" event after each "epoch" event; other runs are unchanged.
-    bench_timing = bool(job_data.get("bench_timing"))
     batches_class = TimedEpochBatches if bench_timing else EpochBatches
     for epoch in range(1, job.train.epochs + 1):
+        if floor is not None and epoch >= 2:
+            emit(floor.one_pass(f"before epoch {epoch}"))
         clock = time.perf_counter()
         order = data_module.epoch_order(n_train, seed=job.train.seed, epoch=epoch)
         order_seconds = time.perf_counter() - clock
@@ -111,11 +132,11 @@ def run_job(job_data: dict[str, Any], emit: Emit) -> None:
         for probe in active_probes:
             for table, row in probe.on_epoch(backend=backend, data=dataset, epoch=epoch, job=job):
                 emit({"event": "record", "table": table, "row": row})
+    if floor is not None and job.train.epochs >= 2:
+        emit(floor.one_pass(f"after epoch {job.train.epochs}"))
     for probe in active_probes:
         for table, row in probe.on_end(backend=backend, data=dataset, job=job):
             emit({"event": "record", "table": table, "row": row})
-    emit({"event": "done", "peak_rss_mb": peak_rss_mb(), "threads": threads,
-          "total_seconds": time.perf_counter() - started})
 
 
 PARENT_POLL = 0.5  # seconds between checks that the process that started this worker is still alive

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import IO, Any, Callable
 
@@ -22,13 +23,15 @@ EXIT_WAIT = 60.0  # seconds a worker may take to exit after closing its event st
 
 def start_worker(backend: str, request: dict[str, Any], *, threads: int, label: str, log: IO) -> subprocess.Popen:
     """``label`` (run folder and job key) is an argument the worker ignores, so that ``ps`` shows whose it is.
-    The worker gets its own session: a Ctrl-C in the terminal reaches the harness, which stops the workers itself."""
+    The worker gets its own session: a Ctrl-C in the terminal reaches the harness, which stops the workers itself.
+    The request gains this process's id and interpreter (the project's own on this node, whichever interpreter the
+    worker runs under: the bench's floor runs under it)."""
     env = dict(os.environ, PYTHONPATH=str(registry.PROJECT_ROOT), **thread_environment(threads))
     process = subprocess.Popen([registry.resolve(backend).interpreter, "-m", "experiments.running.worker", label],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=registry.PROJECT_ROOT,
                                env=env, text=True, start_new_session=True)
     try:
-        process.stdin.write(json.dumps(dict(request, parent_pid=os.getpid())))
+        process.stdin.write(json.dumps(dict(request, parent_pid=os.getpid(), project_interpreter=sys.executable)))
         process.stdin.close()
     except BrokenPipeError:
         # The worker died before it read its request (killed from outside, out of memory): not a failure to start
