@@ -136,9 +136,9 @@ def breakdown_lines(parts: list[dict[str, Any]], batch: int, peak: float | None)
         return [f"## Where the time goes (batch {batch})", "", "No job has a steady time and a floor to split.", ""]
     lines = [f"## Where the time goes (batch {batch})", "",
              "epoch = floor + noise + fixed + rest in every round; each part is the median over the rounds, in "
-             "seconds per steady epoch, [its interval] (share of the epoch). floor: timed beside the job's steady epochs; "
-             "noise: the same job with dropout (0, 0) in the same round, against on; fixed: t0 x steps from the "
-             "scaling fit of that round (only a run over several `--batch-sizes` measures it); rest: the remainder "
+             "seconds per steady epoch, [its interval] (share of the epoch). floor: timed beside the job's steady "
+             "epochs; noise: the same job with dropout (0, 0) in the same round, against on; fixed: t0 x steps from "
+             "the scaling fit of that round (only a run over several `--batch-sizes` measures it); rest: the remainder "
              "by construction (the framework's GEMMs above the floor's rate, elementwise work). `within noise`: the "
              "part's interval holds zero, so the rounds cannot tell it from nothing. "
              "GEMM: the library the framework reports for its float32 matmul, and the rate the first layer's "

@@ -169,12 +169,12 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any],
              f"Command: `{meta.get('command')}`; started {meta.get('started')}", "",
              f"Every backend x mode x tier ran once a round, in a fresh worker process, in an order shuffled per "
              f"round (seed {bench.get('order_seed')}; the orders are in `meta.json`), with the floor timed beside "
-             "its steady epochs. A figure is the median over the rounds of that round's figure, and [low, high] the 95 % "
-             "bootstrap interval of that median (the range of the rounds with five rounds or fewer); "
+             "its steady epochs. A figure is the median over the rounds of that round's figure, and [low, high] "
+             "the 95 % bootstrap interval of that median (the range of the rounds with five rounds or fewer); "
              "`docs/bench.md` explains the method.", "",
              "## Two tiers", "",
-             "`x floor`: a round's steady epoch / the floor timed beside that job's steady epochs; `gain`: stock steady / "
-             "tuned steady of the same backend x mode in the same round (above 1: the tuned tier is faster). "
+             "`x floor`: a round's steady epoch / the floor timed beside that job's steady epochs; `gain`: stock "
+             "steady / tuned steady of the same backend x mode in the same round (above 1: the tuned tier is faster). "
              "The verdict names a faster tier only where the gain's interval excludes 1.", "",
              *two_tier_table(rows, markdown=True), "",
              "## Rank on this machine (x floor)", "",
@@ -221,7 +221,8 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any],
         lines += ["", f"One step: {floor['step_seconds'] * 1e3:.3f} ms median ({floor['gflops']:.0f} GFLOP/s), "
                       f"{floor['step_seconds_best'] * 1e3:.3f} ms best ({floor['gflops_best']:.0f} GFLOP/s), over "
                       f"every measurement; all nine: {floor['step_seconds_full'] * 1e3:.3f} ms.{peak} "
-                      "Each measurement (one beside each job's steady epochs; a job's ratio is taken against its own):", "",
+                      "Each measurement (one beside each job's steady epochs; a job's ratio is taken against its "
+                      "own):", "",
                   "| when | floor s/epoch |", "| --- | ---: |"]
         lines += [f"| {m['when']} | {m['step_seconds'] * n_train / batch:.3f} |" for m in floor["measurements"]]
     else:

@@ -1,6 +1,6 @@
 """The bench's rows: one per backend x mode x tier x round (``rounds.csv``), from the job's summary, its epochs and
-the worker's timings of its own work, against the floor timed beside the job's steady epochs; and one per backend x mode x
-tier over the rounds (``bench.csv``): the median over the rounds with its bootstrap interval
+the worker's timings of its own work, against the floor timed beside the job's steady epochs; and one per backend x
+mode x tier over the rounds (``bench.csv``): the median over the rounds with its bootstrap interval
 (``experiments.bench.intervals``), and the tuning gain (stock / tuned steady epoch, taken within each round)."""
 from __future__ import annotations
 

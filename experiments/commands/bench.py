@@ -7,8 +7,8 @@ epoch), same thread count, set before the framework is imported. Epoch 1 carries
 steady epoch time is the median of epochs 2..1+repeats (``experiments.report.stats.steady_epochs``). Every timer is read
 after the backend's ``synchronize()`` (``backends.contract.Stopwatch``). The bench runs ``--rounds`` rounds; each
 runs every job once, in fresh worker processes, in an order shuffled per round, with the floor timed beside each
-job's steady epochs (``experiments.bench.rounds``, ``experiments.bench.floor_beside``); the figures are medians over the rounds with
-a bootstrap interval (``experiments.bench.intervals``); ``docs/bench.md`` has the method. With several
+job's steady epochs (``experiments.bench.rounds``, ``experiments.bench.floor_beside``); the figures are medians over
+the rounds with a bootstrap interval (``experiments.bench.intervals``); ``docs/bench.md`` has the method. With several
 ``--batch-sizes`` every size is one such run in its own folder, and the scaling fit (``experiments.bench.scaling``)
 gives each backend x mode x tier's fixed cost per step; at batch 256 each job also runs with the noise off, for the
 breakdown (``experiments.bench.breakdown``).
@@ -71,7 +71,8 @@ def build_parser():
     add_tuning_option(parser, "all")
     parser.add_argument("--rounds", type=int, default=ROUNDS,
                         help="rounds: each runs every job once, in fresh processes, in a shuffled order, with the "
-                             f"floor timed beside each job's steady epochs; figures are medians over them (default: {ROUNDS})")
+                             f"floor timed beside each job's steady epochs; figures are medians over them "
+                             f"(default: {ROUNDS})")
     parser.add_argument("--repeats", type=int, default=REPEATS,
                         help=f"steady epochs per job and round, after one warm-up epoch (default: {REPEATS})")
     parser.add_argument("--order-seed", type=int, default=0, metavar="S",

@@ -78,8 +78,8 @@ def run_job(job_data: dict[str, Any], emit: Emit) -> None:
             start["noise"] = noise_rate(probes, backend, job.train.batch_size)
     floor = None
     if job_data.get("floor_beside"):  # under the project's interpreter, named by the process that started this one
-        floor = FloorBeside(job_data.get("project_interpreter", ""), sizes=job.model.layer_sizes, batch=job.train.batch_size,
-                            environment=environment)
+        floor = FloorBeside(job_data.get("project_interpreter", ""), sizes=job.model.layer_sizes,
+                            batch=job.train.batch_size, environment=environment)
         start["floor"] = floor.opened if floor.error is None else {"error": floor.error}
     emit(start)
     try:
