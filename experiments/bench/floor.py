@@ -330,23 +330,11 @@ def serve(lines, write) -> None:
         write(reply)
 
 
-def _exit_with_parent() -> None:
-    """A floor process whose worker is gone (killed mid-request) exits instead of timing on."""
-    import threading
-
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(3)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
 if __name__ == "__main__":  # the floor's own process: thread variables set before NumPy is imported
     if sys.argv[1:] == ["--serve"]:
-        _exit_with_parent()
+        from experiments.running.parent import exit_with_parent
+
+        exit_with_parent(os.getppid())  # a floor process whose worker is gone exits instead of timing on
 
         def _write(reply: dict[str, Any]) -> None:
             sys.stdout.write(json.dumps(reply) + "\n")

@@ -13,7 +13,6 @@ import math
 import os
 import resource
 import sys
-import threading
 import time
 import traceback
 from typing import Any, Callable
@@ -25,6 +24,7 @@ from experiments import data as data_module
 from experiments.bench.floor_beside import FloorBeside
 from experiments.bench.probes import TimedEpochBatches, gemm_rate, gemm_step_rate, noise_rate
 from experiments.exercises import probes as probe_module
+from experiments.running.parent import exit_with_parent
 from experiments.running.plan import Job
 
 Emit = Callable[[dict[str, Any]], None]
@@ -137,21 +137,6 @@ def train_epochs(job: Job, backend, dataset, active_probes, emit: Emit, *, bench
     for probe in active_probes:
         for table, row in probe.on_end(backend=backend, data=dataset, job=job):
             emit({"event": "record", "table": table, "row": row})
-
-
-PARENT_POLL = 0.5  # seconds between checks that the process that started this worker is still alive
-
-
-def exit_with_parent(parent_pid: int) -> None:
-    """Exit as soon as the parent (the harness, or the Ray task that started this worker) is gone, so that a
-    SIGKILLed harness leaves no worker training on. A polling thread rather than PR_SET_PDEATHSIG: that signal follows
-    the parent *thread*, and the local executor starts workers from short-lived threads."""
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(PARENT_POLL)
-        os._exit(3)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def main() -> int:
