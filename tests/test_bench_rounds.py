@@ -161,6 +161,29 @@ def test_the_tuning_verdict_names_a_faster_tier_only_beyond_the_rounds_spread():
     assert output.gain_verdict(intervals.Spread(1.3, None, None, 1)) == "one round: no interval"
 
 
+
+def test_the_chart_draws_the_ratio_its_label_names_not_seconds_against_another_moments_floor():
+    # round 2's machine is slower for the stock job: its seconds over the pooled floor (3.0 / 1.0) is no figure
+    # of the bench, its median per-round ratio (2.0) is
+    rows = [round_row("stock", 1, 2.0, 1.0), round_row("tuned", 1, 1.0, 1.0),
+            round_row("stock", 2, 4.0, 2.0), round_row("tuned", 2, 1.1, 1.0),
+            round_row("stock", 3, 3.0, 1.5), round_row("tuned", 3, 1.2, 1.0)]
+    bench_rows.add_gains(rows)
+    summary = bench_rows.aggregate_all(rows, 3)
+    ax = output.chart_figure(summary, 1.0, "t").axes[0]
+    bars = sorted(ax.patches, key=lambda bar: bar.get_y())
+    assert [bar.get_width() for bar in bars] == pytest.approx([2.0, 1.1])  # stock, tuned: the median ratios
+    assert summary[0]["steady_median_seconds"] == 3.0  # not the bar's length
+    labels = [t.get_text() for t in ax.texts]
+    assert "  2.00 [2.00, 2.00]x, 3.000 s" in labels and "floor = 1 (pooled: 1.000 s)" in labels
+    assert [line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == "--"] == [1.0]
+    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["stock", "tuned"]
+    for row in summary:  # no floor anywhere: the chart says seconds, and draws them
+        row.update(ratio_to_floor=None, ratio_to_floor_low=None, ratio_to_floor_high=None)
+    ax = output.chart_figure(summary, None, "t").axes[0]
+    assert sorted(bar.get_width() for bar in ax.patches) == pytest.approx([1.1, 3.0])
+    assert "no floor timed" in ax.get_xlabel()
+
 def test_a_signal_between_two_rounds_stops_the_rounds_and_keeps_those_that_ran(monkeypatch):
     """The runner handles SIGINT and SIGTERM while a round runs; between two rounds the bench does: the rounds that
     ran are kept, with the signal, so that every table is still written for them."""

@@ -29,6 +29,7 @@ TABLE = [  # header, key, format; a key in SPREADS shows its median over the rou
     ("version", "framework_version", "s"),
     ("status", "status", "s"),
 ]
+TIER_COLORS = {"stock": "#dd8452", "tuned": "#4c72b0"}  # bench.png's bars, by tier
 TEXT = {i for i, (_, _, spec) in enumerate(TABLE) if spec == "s"}
 
 
@@ -237,36 +238,57 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any],
 
 
 def write_chart(path: Path, rows: list[dict[str, Any]], floor: float | None, title: str) -> None:
-    """Steady epoch seconds per backend x mode x tier (the median over the rounds, whiskers: its interval), the
-    pooled floor as a line, each bar labelled with its ratio to the floor."""
+    """``bench.png``: ``chart_figure`` saved at ``path``."""
+    from experiments.report import plots
+
+    plots.save(chart_figure(rows, floor, title), path)
+
+
+def chart_figure(rows: list[dict[str, Any]], floor: float | None, title: str):
+    """Each backend x mode x tier's ratio to the floor, the headline figure of ``bench.md``: the median over the
+    rounds of a round's steady epoch over the floor timed beside it (whiskers: its interval), the floor as the line
+    at 1, each bar labelled with that figure and its steady epoch seconds. A bar in seconds against the pooled floor
+    would not be the figure its label names (each round's ratio is taken against the floor of its own moment), so
+    the chart draws the ratio itself. Where no floor could be timed at all, it draws the steady seconds and says so."""
     from experiments.report import plots
 
     timed = [r for r in rows if r.get("steady_median_seconds") is not None]
-    fig, ax = plots.subplots(figsize=(8, 1.2 + 0.45 * max(1, len(timed))))
-    spreads = [spread_of(r, "steady_median_seconds") for r in timed]
+    key = "ratio_to_floor" if any(spread_of(r, "ratio_to_floor") for r in timed) else "steady_median_seconds"
+    drawn = [r for r in timed if spread_of(r, key)]
+    fig, ax = plots.subplots(figsize=(8, 1.2 + 0.45 * max(1, len(drawn))))
+    spreads = [spread_of(r, key) for r in drawn]
     medians = [s.median for s in spreads]
-    low = [s.median - s.low if s.has_interval else 0.0 for s in spreads]
-    high = [s.high - s.median if s.has_interval else 0.0 for s in spreads]
-    positions = list(range(len(timed)))
-    colors = ["#dd8452" if r.get("tuning") == "stock" else "#4c72b0" for r in timed]
-    ax.barh(positions, medians, height=0.6, xerr=[low, high], color=colors, capsize=3)
-    for y, r, s in zip(positions, timed, spreads):
-        ratio = spread_of(r, "ratio_to_floor")
-        if ratio:
-            ax.text(s.high if s.has_interval else s.median, y, f"  {fmt_spread(ratio)}x floor", va="center",
-                    fontsize=7)
-    right = max([s.high if s.has_interval else s.median for s in spreads] + [floor or 0.0, 1e-3])
+    positions = list(range(len(drawn)))
+    for tier in dict.fromkeys(r.get("tuning") for r in drawn):  # a bar series per tier, for the legend
+        mine = [i for i, r in enumerate(drawn) if r.get("tuning") == tier]
+        ax.barh([positions[i] for i in mine], [medians[i] for i in mine], height=0.6, capsize=3,
+                xerr=[[spreads[i].median - spreads[i].low if spreads[i].has_interval else 0.0 for i in mine],
+                      [spreads[i].high - spreads[i].median if spreads[i].has_interval else 0.0 for i in mine]],
+                color=TIER_COLORS.get(tier, "#8c8c8c"), label=tier or "-")
+    for y, r, s in zip(positions, drawn, spreads):
+        seconds = spread_of(r, "steady_median_seconds")
+        label = fmt_spread(s) if key == "steady_median_seconds" else f"{fmt_spread(s)}x, {seconds.median:.3f} s"
+        ax.text(s.high if s.has_interval else s.median, y, f"  {label}", va="center", fontsize=7)
+    right = max([s.high if s.has_interval else s.median for s in spreads]
+                + [1.0 if key == "ratio_to_floor" else 1e-3])
     ax.set_xlim(0, right * 1.45)
-    if floor:
-        ax.axvline(floor, color="#c44e52", linestyle="--")
-        ax.text(floor, 1.01, f"floor {floor:.3f} s", transform=ax.get_xaxis_transform(), color="#c44e52",
-                fontsize=8, ha="center", va="bottom")
+    if key == "ratio_to_floor":
+        ax.axvline(1.0, color="#c44e52", linestyle="--")
+        floor_text = f"floor = 1 (pooled: {floor:.3f} s)" if floor else "floor = 1"
+        ax.text(1.0, 1.01, floor_text, transform=ax.get_xaxis_transform(), color="#c44e52", fontsize=8,
+                ha="center", va="bottom")
+        ax.set_xlabel("x floor: a round's steady epoch / the floor timed beside it (median over the rounds; "
+                      "whiskers: its interval)", fontsize=8)
+    else:
+        ax.set_xlabel("steady epoch seconds, no floor timed (median over the rounds; whiskers: its interval)",
+                      fontsize=8)
     ax.set_yticks(positions)
-    ax.set_yticklabels([f"{r['backend']} {r['mode']} {r.get('tuning')}" for r in timed])
+    ax.set_yticklabels([f"{r['backend']} {r['mode']} {r.get('tuning')}" for r in drawn])
     ax.invert_yaxis()
-    ax.set_xlabel("steady epoch seconds (median over the rounds; whiskers: the bootstrap interval of the median)")
+    if drawn:
+        ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title, fontsize=9, pad=14)
-    if not timed:
+    if not drawn:
         ax.text(0.5, 0.5, "no job finished", transform=ax.transAxes, ha="center")
     fig.tight_layout()
-    fig.savefig(path, dpi=plots.DPI, bbox_inches="tight")
+    return fig
