@@ -4,7 +4,9 @@ their spread, and the tables that print them."""
 import random
 import statistics
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from backends.contract.spec import ModelSpec, TrainSpec
 from experiments.bench import breakdown, intervals, output, rounds, rows as bench_rows
@@ -14,13 +16,34 @@ from experiments.running.plan import Job
 def test_the_interval_of_the_median_is_the_range_for_few_rounds_and_narrows_with_more():
     three = intervals.median_interval([1.3, 1.0, 1.1])
     assert three.median == 1.1 and (three.low, three.high) == (1.0, 1.3) and three.n == 3
-    assert intervals.median_interval([2.0, 1.0, 3.0, 5.0, 4.0]).low == 1.0  # five rounds: still the range
+    assert three.coverage == 0.75  # the range of three rounds holds the median with probability 1 - 2^(1-3)
+    five = intervals.median_interval([2.0, 1.0, 3.0, 5.0, 4.0])
+    assert (five.low, five.high) == (1.0, 5.0) and five.coverage == 1 - 2 ** -4  # still the range, still under 95 %
     many = intervals.median_interval([float(x) for x in range(41)])  # forty-one rounds: the extremes drop out
-    assert many.median == 20.0 and 10 < many.low < 20 < many.high < 30
-    assert intervals.median_interval([1.3, 1.0, 1.1]) == three  # a seeded bootstrap: the same rounds, the same interval
+    assert many.median == 20.0 and 10 < many.low < 20 < many.high < 30 and many.coverage >= 0.95
     one = intervals.median_interval([1.2, None, float("nan")])
-    assert one.median == 1.2 and not one.has_interval and not one.holds(1.2)
+    assert one.median == 1.2 and not one.has_interval and not one.holds(1.2) and one.coverage is None
     assert intervals.median_interval([None]) is None
+
+
+@pytest.mark.parametrize("n", [6, 7, 9, 12, 20, 41])
+def test_from_six_rounds_the_interval_is_the_widest_pair_of_rounds_with_95_percent_as_scipy_chooses_it(n):
+    values = [float(x) * 1.5 for x in range(n)][::-1]
+    spread = intervals.median_interval(values)
+    scipy_ci = stats.quantile_test(values, q=float(np.median(values)), p=0.5).confidence_interval(0.95)
+    assert (spread.low, spread.high) == (scipy_ci.low, scipy_ci.high)
+    j, covered = intervals.interval_ranks(n)
+    assert covered == pytest.approx(1 - 2 * stats.binom.cdf(j - 1, n, 0.5)) and covered >= 0.95
+    assert 1 - 2 * stats.binom.cdf(j, n, 0.5) < 0.95  # one pair further in would fall short
+
+
+def test_the_tables_say_the_coverage_of_the_rounds_they_summarise():
+    assert intervals.coverage_words(3) == ("the range of the 3 rounds, which holds the median of rounds like these "
+                                           "with probability 75 % (95 % needs six rounds)")
+    assert "93.8 % (95 % needs six rounds)" in intervals.coverage_words(5)
+    assert intervals.coverage_words(9).endswith("without the 1 lowest and the 1 highest, which holds the median of "
+                                                "rounds like these with probability 96.1 %")
+    assert intervals.coverage_words(1) == "one round: no interval"
 
 
 def test_a_spread_survives_a_table_round_trip_and_prints_with_its_interval():

@@ -1,20 +1,21 @@
-"""The bench's statistic over rounds: the median, with a bootstrap interval of the median, and the rank it allows.
+"""The bench's statistic over rounds: the median, with a distribution-free interval of the median, and the rank it
+allows.
 
 Each round gives one sample of a quantity (a job's ratio to the floor measured beside it, a tier's gain in that
-round, a part of the breakdown). The figure reported is the median over the rounds; its interval is the 95 %
-percentile bootstrap interval of that median: the rounds are resampled with replacement (``RESAMPLES`` times, from a
-fixed seed, so a bench's tables are reproducible from its rounds), the median of each resample taken, and the 2.5th
-and 97.5th percentiles of those medians kept. It says where the median of rounds like these would fall, so it narrows
-as rounds are added (an interquartile range would not: it describes the rounds' spread, not the median's
-uncertainty). With few rounds it is wide on purpose: with two to five rounds it is the range of the rounds (the
-smallest and the largest round are each the median of more than 2.5 % of the resamples); from six rounds on it
-leaves the extreme rounds out. One round gives no interval.
+round, a part of the breakdown). The figure reported is the median over the rounds. Its interval is made of two of
+the rounds themselves, the j-th lowest and the j-th highest: whatever the rounds' distribution (continuous, the
+rounds independent), the number of rounds below that distribution's median is binomial (n, 1/2), so the interval
+holds the median with probability exactly 1 - 2 P(Binomial(n, 1/2) <= j - 1), its ``coverage``. j is the largest
+that keeps the coverage at ``CONFIDENCE`` (95 %) or more, as ``scipy.stats.quantile_test`` chooses it; that needs six
+rounds. With two to five rounds no pair of rounds reaches 95 %: the interval is then the range of the rounds, and
+its coverage, 1 - 2^(1-n) (75 % at three rounds), is what the tables say beside it. One round gives no interval.
 
 ``tie_groups`` orders items by their intervals only where the intervals do not overlap: items whose intervals
 overlap, directly or through a chain of others, are one group, "tied on this machine".
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
@@ -22,13 +23,45 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 CONFIDENCE = 0.95
-RESAMPLES = 10_000
-SEED = 0  # the bootstrap's own seed: the same rounds give the same interval
+
+
+@functools.lru_cache(maxsize=None)
+def interval_ranks(n: int, confidence: float = CONFIDENCE) -> tuple[int, float] | None:
+    """(j, coverage) for ``n`` rounds: the interval from the j-th lowest to the j-th highest round, and the
+    probability that it holds the median of the rounds' distribution; j = 1 (the range) when no j reaches
+    ``confidence``; None for fewer than two rounds."""
+    if n < 2:
+        return None
+    from scipy import stats  # on first use: the worker's interpreter never needs it
+
+    def coverage(j: int) -> float:
+        return float(1.0 - 2.0 * stats.binom.cdf(j - 1, n, 0.5))
+
+    j = 1
+    while j + 1 <= (n + 1) // 2 and coverage(j + 1) >= confidence:
+        j += 1
+    return j, coverage(j)
+
+
+def percent(probability: float) -> str:
+    """``75 %``, ``93.8 %``: a probability as the tables print it."""
+    return f"{probability * 100:.1f}".rstrip("0").rstrip(".") + " %"
+
+
+def coverage_words(n: int) -> str:
+    """What [low, high] is with ``n`` rounds, for the tables' captions."""
+    ranks = interval_ranks(n)
+    if ranks is None:
+        return "one round: no interval"
+    j, covered = ranks
+    which = f"the range of the {n} rounds" + (f" without the {j - 1} lowest and the {j - 1} highest" if j > 1 else "")
+    short = " (95 % needs six rounds)" if covered < CONFIDENCE else ""
+    return f"{which}, which holds the median of rounds like these with probability {percent(covered)}{short}"
 
 
 @dataclass(frozen=True)
 class Spread:
-    """The median of a quantity over rounds, and the bootstrap interval of that median (None with one round)."""
+    """The median of a quantity over rounds, and the interval of that median (None with one round)."""
 
     median: float
     low: float | None
@@ -39,6 +72,12 @@ class Spread:
     def has_interval(self) -> bool:
         return self.low is not None and self.high is not None
 
+    @property
+    def coverage(self) -> float | None:
+        """The probability that the interval holds the median of the rounds' distribution."""
+        ranks = interval_ranks(self.n) if self.has_interval else None
+        return ranks[1] if ranks else None
+
     def holds(self, value: float) -> bool:
         """Whether the interval holds ``value`` (a part's zero, a gain's one). False without an interval."""
         return self.has_interval and self.low <= value <= self.high
@@ -47,22 +86,19 @@ class Spread:
         return self.has_interval and other.has_interval and self.low <= other.high and other.low <= self.high
 
 
-def median_interval(values: Iterable[Any], *, confidence: float = CONFIDENCE, resamples: int = RESAMPLES,
-                    seed: int = SEED) -> Spread | None:
-    """The median of the finite ``values`` and the percentile bootstrap interval of the median; None when no value
-    is finite."""
-    samples = np.asarray([float(v) for v in values if v is not None and math.isfinite(float(v))], dtype=float)
+def median_interval(values: Iterable[Any], *, confidence: float = CONFIDENCE) -> Spread | None:
+    """The median of the finite ``values`` and the distribution-free interval of the median (``interval_ranks``);
+    None when no value is finite."""
+    samples = np.sort(np.asarray([float(v) for v in values if v is not None and math.isfinite(float(v))],
+                                 dtype=float))
     if len(samples) == 0:
         return None
     median = float(np.median(samples))
-    if len(samples) < 2:
+    ranks = interval_ranks(len(samples), confidence)
+    if ranks is None:
         return Spread(median, None, None, 1)
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(samples), size=(resamples, len(samples)))
-    medians = np.median(samples[picks], axis=1)
-    tail = (1.0 - confidence) / 2 * 100
-    low, high = np.percentile(medians, [tail, 100 - tail])
-    return Spread(median, float(low), float(high), len(samples))
+    j = ranks[0]
+    return Spread(median, float(samples[j - 1]), float(samples[len(samples) - j]), len(samples))
 
 
 def spread_columns(prefix: str, spread: Spread | None) -> dict[str, Any]:

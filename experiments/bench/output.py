@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from experiments.bench.floor import PEAK_SIZE, blas_line, epoch_flops, floor_seconds, step_flops
-from experiments.bench.intervals import Spread, fmt_spread, spread_of, tie_groups
+from experiments.bench.intervals import Spread, coverage_words, fmt_spread, spread_of, tie_groups
 from experiments.bench.rows import SPREADS
 
 
@@ -171,8 +171,7 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any],
              f"Every backend x mode x tier ran once a round, in a fresh worker process, in an order shuffled per "
              f"round (seed {bench.get('order_seed')}; the orders are in `meta.json`), with the floor timed beside "
              "its steady epochs. A figure is the median over the rounds of that round's figure, and [low, high] "
-             "the 95 % bootstrap interval of that median (the range of the rounds with five rounds or fewer); "
-             "`docs/bench.md` explains the method.", "",
+             f"its interval: {coverage_words(rounds or 0)}; `docs/bench.md` explains the method.", "",
              "## Two tiers", "",
              "`x floor`: a round's steady epoch / the floor timed beside that job's steady epochs; `gain`: stock "
              "steady / tuned steady of the same backend x mode in the same round (above 1: the tuned tier is faster). "

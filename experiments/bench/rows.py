@@ -1,6 +1,6 @@
 """The bench's rows: one per backend x mode x tier x round (``rounds.csv``), from the job's summary, its epochs and
 the worker's timings of its own work, against the floor timed beside the job's steady epochs; and one per backend x
-mode x tier over the rounds (``bench.csv``): the median over the rounds with its bootstrap interval
+mode x tier over the rounds (``bench.csv``): the median over the rounds with its interval
 (``experiments.bench.intervals``), and the tuning gain (stock / tuned steady epoch, taken within each round)."""
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def _first(values):
 
 def aggregate(rounds: Sequence[dict[str, Any]], planned: int) -> dict[str, Any]:
     """One backend x mode x tier over its rounds (``rounds``: its rows, one a round, in round order): the median of
-    each round's figures, the bootstrap interval of the median for the SPREADS, and its status: ``ok`` where a
+    each round's figures, the interval of the median for the SPREADS, and its status: ``ok`` where a
     round finished (``error`` names the rounds that did not), else the first round's status and error."""
     first = rounds[0]
     done = [r for r in rounds if r.get("status") == "ok" and r.get("steady_median_seconds") is not None]

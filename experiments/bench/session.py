@@ -290,7 +290,8 @@ def run_size(args, argv: list[str], *, chosen: list[str], modes: tuple[str, ...]
                        "device": args.device, "modes": list(modes), "backends": chosen, "batch_size": batch,
                        "sizes": list(sizes), "n_train": n_train,
                        "steady_statistic": "per round: median of epochs 2..1+repeats; over rounds: median, with the "
-                                           "95 % percentile bootstrap interval of the median",
+                                           "distribution-free interval of the median from two of the rounds "
+                                           "(experiments.bench.intervals)",
                        "epoch_flops": epoch_flops(sizes, n_train),
                        "epoch_flops_full": epoch_flops(sizes, n_train, full=True),
                        "floor_seconds": pooled_epoch, "noise_off_jobs": noise_off},

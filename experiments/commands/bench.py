@@ -8,10 +8,10 @@ steady epoch time is the median of epochs 2..1+repeats (``experiments.report.sta
 after the backend's ``synchronize()`` (``backends.contract.Stopwatch``). The bench runs ``--rounds`` rounds; each
 runs every job once, in fresh worker processes, in an order shuffled per round, with the floor timed beside each
 job's steady epochs (``experiments.bench.rounds``, ``experiments.bench.floor_beside``); the figures are medians over
-the rounds with a bootstrap interval (``experiments.bench.intervals``); ``docs/bench.md`` has the method. With several
-``--batch-sizes`` every size is one such run in its own folder, and the scaling fit (``experiments.bench.scaling``)
-gives each backend x mode x tier's fixed cost per step; at batch 256 each job also runs with the noise off, for the
-breakdown (``experiments.bench.breakdown``).
+the rounds with an interval of the median (``experiments.bench.intervals``); ``docs/bench.md`` has the method. With
+several ``--batch-sizes`` every size is one such run in its own folder, and the scaling fit
+(``experiments.bench.scaling``) gives each backend x mode x tier's fixed cost per step; at batch 256 each job also
+runs with the noise off, for the breakdown (``experiments.bench.breakdown``).
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from experiments.bench.breakdown import (
     BREAKDOWN_COLUMNS, ROUND_COLUMNS as BREAKDOWN_ROUND_COLUMNS, breakdown_chart, breakdown_lines, breakdown_rows,
 )
 from experiments.bench.floor import BATCH_SIZE
+from experiments.bench.intervals import coverage_words
 from experiments.bench.output import console_table, floor_summary, machine_line, two_tier_table, write_markdown
 from experiments.bench.scaling import (
     SCALING_COLUMNS, fit_all, fit_lines, round_fits, scaling_chart, scaling_markdown, scaling_rows,
@@ -178,7 +179,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     for result in results:  # the console ends with the two tiers side by side
         ran = len({r["round"] for r in result.round_rows})
         print(f"\ntwo tiers, batch {result.batch}: the median over {ran} round{'s' if ran != 1 else ''} "
-              "[the 95 % bootstrap interval of the median]; gain = stock / tuned steady epoch, within each round")
+              f"[{coverage_words(ran)}]; gain = stock / tuned steady epoch, within each round")
         print("\n".join(two_tier_table(result.rows)))
     if interrupted:
         print(f"\ninterrupted by {interrupted.signal_name}: the tables hold the jobs that finished", file=sys.stderr)
