@@ -43,7 +43,7 @@ def test_the_tables_say_the_coverage_of_the_rounds_they_summarise():
     assert "93.8 % (95 % needs six rounds)" in intervals.coverage_words(5)
     assert intervals.coverage_words(9).endswith("without the 1 lowest and the 1 highest, which holds the median of "
                                                 "rounds like these with probability 96.1 %")
-    assert intervals.coverage_words(1) == "one round: no interval"
+    assert intervals.coverage_words(1) == intervals.coverage_words(0) == "no interval (fewer than two rounds)"
 
 
 def test_a_spread_survives_a_table_round_trip_and_prints_with_its_interval():

@@ -52,7 +52,7 @@ def coverage_words(n: int) -> str:
     """What [low, high] is with ``n`` rounds, for the tables' captions."""
     ranks = interval_ranks(n)
     if ranks is None:
-        return "one round: no interval"
+        return "no interval (fewer than two rounds)"
     j, covered = ranks
     which = f"the range of the {n} rounds" + (f" without the {j - 1} lowest and the {j - 1} highest" if j > 1 else "")
     short = " (95 % needs six rounds)" if covered < CONFIDENCE else ""
