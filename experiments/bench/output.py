@@ -272,10 +272,8 @@ def chart_figure(rows: list[dict[str, Any]], floor: float | None, title: str):
                 + [1.0 if key == "ratio_to_floor" else 1e-3])
     ax.set_xlim(0, right * 1.45)
     if key == "ratio_to_floor":
-        ax.axvline(1.0, color="#c44e52", linestyle="--")
-        floor_text = f"floor = 1 (pooled: {floor:.3f} s)" if floor else "floor = 1"
-        ax.text(1.0, 1.01, floor_text, transform=ax.get_xaxis_transform(), color="#c44e52", fontsize=8,
-                ha="center", va="bottom")
+        pooled = f", pooled over the run: {floor:.3f} s an epoch" if floor else ""
+        ax.axvline(1.0, color="#c44e52", linestyle="--", label=f"the floor (1{pooled})")
         ax.set_xlabel("x floor: a round's steady epoch / the floor timed beside it (median over the rounds; "
                       "whiskers: its interval)", fontsize=8)
     else:
@@ -285,7 +283,7 @@ def chart_figure(rows: list[dict[str, Any]], floor: float | None, title: str):
     ax.set_yticklabels([f"{r['backend']} {r['mode']} {r.get('tuning')}" for r in drawn])
     ax.invert_yaxis()
     if drawn:
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
     ax.set_title(title, fontsize=9, pad=14)
     if not drawn:
         ax.text(0.5, 0.5, "no job finished", transform=ax.transAxes, ha="center")
