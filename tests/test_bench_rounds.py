@@ -207,6 +207,8 @@ def test_the_chart_draws_the_ratio_its_label_names_not_seconds_against_another_m
     ax = output.chart_figure(summary, None, "t").axes[0]
     assert sorted(bar.get_width() for bar in ax.patches) == pytest.approx([1.1, 3.0])
     assert "no floor timed" in ax.get_xlabel()
+    ax = output.chart_figure([], None, "t").axes[0]  # nothing finished: said, with no axis to read
+    assert [t.get_text() for t in ax.texts] == ["no job finished"] and not ax.patches and not len(ax.get_xticks())
 
 def test_a_signal_between_two_rounds_stops_the_rounds_and_keeps_those_that_ran(monkeypatch):
     """The runner handles SIGINT and SIGTERM while a round runs; between two rounds the bench does: the rounds that

@@ -282,10 +282,12 @@ def chart_figure(rows: list[dict[str, Any]], floor: float | None, title: str):
     ax.set_yticks(positions)
     ax.set_yticklabels([f"{r['backend']} {r['mode']} {r.get('tuning')}" for r in drawn])
     ax.invert_yaxis()
-    if drawn:
-        ax.legend(loc="best", fontsize=8)
-    ax.set_title(title, fontsize=9, pad=14)
+    if drawn:  # above the axes, between them and the title: inside, it would cover a bar's label
+        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=8, frameon=False)
+    ax.set_title(title, fontsize=9, pad=22)
     if not drawn:
         ax.text(0.5, 0.5, "no job finished", transform=ax.transAxes, ha="center")
+        ax.set_xticks([])
+        ax.set_xlabel("")
     fig.tight_layout()
     return fig
