@@ -32,7 +32,7 @@ def interval_ranks(n: int, confidence: float = CONFIDENCE) -> tuple[int, float] 
     ``confidence``; None for fewer than two rounds."""
     if n < 2:
         return None
-    from scipy import stats  # on first use: the worker's interpreter never needs it
+    from scipy import stats  # on first use, as report/stats.py does: scipy.stats is slow to import
 
     def coverage(j: int) -> float:
         return float(1.0 - 2.0 * stats.binom.cdf(j - 1, n, 0.5))

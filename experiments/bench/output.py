@@ -256,15 +256,13 @@ def chart_figure(rows: list[dict[str, Any]], floor: float | None, title: str):
     drawn = [r for r in timed if spread_of(r, key)]
     fig, ax = plots.subplots(figsize=(8, 1.2 + 0.45 * max(1, len(drawn))))
     spreads = [spread_of(r, key) for r in drawn]
-    medians = [s.median for s in spreads]
-    positions = list(range(len(drawn)))
     for tier in dict.fromkeys(r.get("tuning") for r in drawn):  # a bar series per tier, for the legend
-        mine = [i for i, r in enumerate(drawn) if r.get("tuning") == tier]
-        ax.barh([positions[i] for i in mine], [medians[i] for i in mine], height=0.6, capsize=3,
-                xerr=[[spreads[i].median - spreads[i].low if spreads[i].has_interval else 0.0 for i in mine],
-                      [spreads[i].high - spreads[i].median if spreads[i].has_interval else 0.0 for i in mine]],
+        mine = [(y, s) for y, (r, s) in enumerate(zip(drawn, spreads)) if r.get("tuning") == tier]
+        ax.barh([y for y, _ in mine], [s.median for _, s in mine], height=0.6, capsize=3,
+                xerr=[[s.median - s.low if s.has_interval else 0.0 for _, s in mine],
+                      [s.high - s.median if s.has_interval else 0.0 for _, s in mine]],
                 color=TIER_COLORS.get(tier, "#8c8c8c"), label=tier or "-")
-    for y, r, s in zip(positions, drawn, spreads):
+    for y, (r, s) in enumerate(zip(drawn, spreads)):
         seconds = spread_of(r, "steady_median_seconds")
         label = fmt_spread(s) if key == "steady_median_seconds" else f"{fmt_spread(s)}x, {seconds.median:.3f} s"
         ax.text(s.high if s.has_interval else s.median, y, f"  {label}", va="center", fontsize=7)
@@ -279,15 +277,15 @@ def chart_figure(rows: list[dict[str, Any]], floor: float | None, title: str):
     else:
         ax.set_xlabel("steady epoch seconds, no floor timed (median over the rounds; whiskers: its interval)",
                       fontsize=8)
-    ax.set_yticks(positions)
+    ax.set_yticks(range(len(drawn)))
     ax.set_yticklabels([f"{r['backend']} {r['mode']} {r.get('tuning')}" for r in drawn])
     ax.invert_yaxis()
     if drawn:  # above the axes, between them and the title: inside, it would cover a bar's label
         ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=8, frameon=False)
-    ax.set_title(title, fontsize=9, pad=22)
-    if not drawn:
+    else:
         ax.text(0.5, 0.5, "no job finished", transform=ax.transAxes, ha="center")
         ax.set_xticks([])
         ax.set_xlabel("")
+    ax.set_title(title, fontsize=9, pad=22)
     fig.tight_layout()
     return fig
